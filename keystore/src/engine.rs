@@ -1,0 +1,943 @@
+//! [`KeyStore`]: the current snapshot for readers, and the one writer that
+//! validates, commits and publishes each change in that order.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::{ArcSwap, Guard};
+
+use crate::model::{
+    canonical_domain, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role, Status, UserRecord,
+};
+use crate::secret::{self, Pepper};
+use crate::snapshot::{
+    key_entry, org_entry, user_entry, Interner, Refusal, Snapshot, Target, UserKey,
+};
+use crate::store::{Audit, Change, Store, StoreError};
+use crate::Digest;
+
+/// What kind of mistake an [`Error`] is, so the admin API can pick a status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The input itself is wrong (bad name, bad domain): 400.
+    Invalid,
+    /// The organisation, user or key does not exist: 404.
+    NotFound,
+    /// The change would break an invariant of the current state (last owner, duplicate key): 409.
+    Conflict,
+    /// The change breaks one of the guide's creation rules: 422.
+    Rule,
+    /// The store failed; nothing changed: 500.
+    Store,
+}
+
+/// A refused or failed change. The message says which rule was broken and
+/// never contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    /// Class of error.
+    pub kind: ErrorKind,
+    /// Stable machine-readable code, e.g. `last_owner`.
+    pub code: &'static str,
+    /// Human explanation.
+    pub message: String,
+}
+
+impl Error {
+    fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+    fn invalid(code: &'static str, m: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Invalid, code, m)
+    }
+    fn rule(code: &'static str, m: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Rule, code, m)
+    }
+    fn not_found(code: &'static str, m: impl Into<String>) -> Error {
+        Error::new(ErrorKind::NotFound, code, m)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        Error::new(ErrorKind::Store, "store_error", e.to_string())
+    }
+}
+
+/// The result of a successful change: its value and the version that now
+/// enforces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied<T> {
+    /// What the change produced.
+    pub value: T,
+    /// The snapshot version published by the change (the current one if the
+    /// call changed nothing).
+    pub version: u64,
+}
+
+/// A domain as given to [`KeyStore::put_org`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainInput {
+    /// Any spelling; canonicalised.
+    pub name: String,
+    /// Optional numeric id.
+    pub id: Option<u64>,
+}
+
+/// A user as given to [`KeyStore::put_user`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInput {
+    /// New role.
+    pub role: Role,
+    /// Member access (must be empty for owners and admins).
+    pub access: BTreeMap<String, Access>,
+    /// `None` keeps the current status (active for a new user).
+    pub status: Option<Status>,
+}
+
+/// A key to create (or import, when `secret` is given).
+#[derive(Clone, Debug, Default)]
+pub struct NewKey {
+    /// Creating user.
+    pub user: String,
+    /// Explicit domains; `None` = the default scope of the guide.
+    pub domains: Option<Vec<String>>,
+    /// Organisation-wide key (owners and admins only).
+    pub org_wide: bool,
+    /// Level on the chosen domains; `None` = read_write.
+    pub access: Option<Access>,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    /// Label.
+    pub name: Option<String>,
+    /// An existing secret to import (any printable format); `None` = generate one.
+    pub secret: Option<String>,
+}
+
+/// A created key: the only time its secret is ever available.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CreatedKey {
+    /// The secret, shown once.
+    pub secret: String,
+    /// Metadata as the admin API shows it.
+    pub meta: KeyMeta,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("secret", &"<redacted>")
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+/// Counts for `/v1/status` and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Snapshot version.
+    pub version: u64,
+    /// Organisations.
+    pub orgs: usize,
+    /// Users.
+    pub users: usize,
+    /// Keys not revoked.
+    pub keys: usize,
+}
+
+/// The identity of an admitted request, owned (for the CLI and tests; the
+/// gateway uses the borrowed [`crate::Principal`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Public key id.
+    pub key_id: String,
+    /// Organisation.
+    pub org: String,
+    /// Creating user.
+    pub user: String,
+    /// Creator's role now.
+    pub role: Role,
+    /// Effective scope header value.
+    pub scope: String,
+}
+
+/// A decision with the snapshot version that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The version that decided.
+    pub version: u64,
+    /// Admitted with an identity, or refused with the reason.
+    pub outcome: Result<Identity, Refusal>,
+}
+
+/// The access data: a lock-free snapshot for readers, a serialised writer
+/// that commits to the store before publishing.
+pub struct KeyStore {
+    /// Derives digests; never stored.
+    pepper: Pepper,
+    /// What readers load; replaced whole by the writer.
+    current: ArcSwap<Snapshot>,
+    /// The store, behind the single-writer lock.
+    writer: Mutex<Box<dyn Store>>,
+}
+
+fn lock(m: &Mutex<Box<dyn Store>>) -> MutexGuard<'_, Box<dyn Store>> {
+    // A panic in another writer cannot leave the store half-written (SQLite
+    // rolls back), so a poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn valid_org_id(org: &str) -> Result<(), Error> {
+    let ok = !org.is_empty()
+        && org.len() <= 128
+        && org
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "invalid_org_id",
+            format!("organisation id {org:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+/// Canonical user id: an email address, lowercased.
+fn canonical_user_id(user: &str) -> Result<String, Error> {
+    let ok = !user.is_empty()
+        && user.len() <= 254
+        && user.contains('@')
+        && !user.starts_with('@')
+        && !user.ends_with('@')
+        && user
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && !matches!(c, '/' | '\\' | ',' | '"' | '<' | '>'));
+    if ok {
+        Ok(user.to_lowercase())
+    } else {
+        Err(Error::invalid(
+            "invalid_user_id",
+            format!("user id {user:?} must be an email address"),
+        ))
+    }
+}
+
+fn canonical(domain: &str) -> Result<String, Error> {
+    canonical_domain(domain).map_err(|e| Error::invalid("invalid_domain", e.to_string()))
+}
+
+impl KeyStore {
+    /// Opens a store, checks the pepper against it and builds the first snapshot.
+    pub fn open(mut store: Box<dyn Store>, pepper: Pepper) -> Result<KeyStore, Error> {
+        store.check_pepper(&pepper.fingerprint())?;
+        let snapshot = load(store.as_mut())?;
+        Ok(KeyStore {
+            pepper,
+            current: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(store),
+        })
+    }
+
+    /// Opens (or creates) the SQLite store at `path`.
+    pub fn open_sqlite(path: &std::path::Path, pepper: Pepper) -> Result<KeyStore, Error> {
+        KeyStore::open(Box::new(crate::SqliteStore::open(path)?), pepper)
+    }
+
+    /// A store in memory only, for tests and dry runs.
+    pub fn in_memory(pepper: Pepper) -> KeyStore {
+        KeyStore::open(
+            Box::new(crate::SqliteStore::in_memory().expect("in-memory SQLite opens")),
+            pepper,
+        )
+        .expect("an empty store loads")
+    }
+
+    /// The current snapshot. Lock-free; hold it only for one decision.
+    #[inline]
+    pub fn snapshot(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned pointer, for long-lived readers.
+    pub fn snapshot_arc(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Checks a presented secret's format and computes its digest. A
+    /// malformed secret is refused without hashing.
+    #[inline]
+    pub fn digest(&self, secret: &str) -> Result<Digest, Refusal> {
+        secret::classify(secret).map_err(|_| Refusal::MalformedKey)?;
+        Ok(self.pepper.digest(secret))
+    }
+
+    /// The whole decision for one request, with an owned identity.
+    pub fn check(&self, secret: Option<&str>, target: Target<'_>, now: i64) -> Decision {
+        let snap = self.snapshot();
+        let outcome = (|| {
+            let digest = self.digest(secret.ok_or(Refusal::MissingKey)?)?;
+            let p = snap.authenticate(&digest, now)?;
+            p.authorize(target)?;
+            Ok(Identity {
+                key_id: p.key.id.to_string(),
+                org: p.key.creator.org.to_string(),
+                user: p.key.creator.user.to_string(),
+                role: p.role(),
+                scope: p.scope_header(),
+            })
+        })();
+        Decision {
+            version: snap.version,
+            outcome,
+        }
+    }
+
+    /// Counts for status pages and metrics.
+    pub fn status(&self) -> Counts {
+        let s = self.snapshot();
+        Counts {
+            version: s.version,
+            orgs: s.orgs.len(),
+            users: s.users.len(),
+            keys: s.live_keys,
+        }
+    }
+
+    /// Validates a change against the current snapshot (under the writer
+    /// lock), commits it, then publishes the next snapshot.
+    fn write<T>(
+        &self,
+        actor: &str,
+        plan: impl FnOnce(&Snapshot, &mut dyn Store) -> Result<Option<(Change, T)>, Error>,
+        unchanged: impl FnOnce() -> T,
+    ) -> Result<Applied<T>, Error> {
+        let mut store = lock(&self.writer);
+        let cur = self.current.load_full();
+        let Some((change, value)) = plan(&cur, store.as_mut())? else {
+            return Ok(Applied {
+                value: unchanged(),
+                version: cur.version,
+            });
+        };
+        let at_ms = now_ms();
+        let version = store.commit(&change, &Audit { actor, at_ms })?;
+        let mut next = (*cur).clone();
+        apply(&mut next, &change);
+        next.version = version;
+        next.changed_at_ms = at_ms;
+        self.current.store(Arc::new(next));
+        Ok(Applied { value, version })
+    }
+
+    /// Creates an organisation or replaces its domain list. `value` is true
+    /// when the organisation was created.
+    pub fn put_org(
+        &self,
+        actor: &str,
+        org: &str,
+        domains: &[DomainInput],
+    ) -> Result<Applied<bool>, Error> {
+        valid_org_id(org)?;
+        let mut list: Vec<Domain> = Vec::with_capacity(domains.len());
+        for d in domains {
+            let name = canonical(&d.name)?;
+            if list.iter().any(|x| x.name == name) {
+                return Err(Error::invalid(
+                    "duplicate_domain",
+                    format!("domain {name} is listed twice"),
+                ));
+            }
+            if d.id.is_some() && list.iter().any(|x| x.id == d.id) {
+                return Err(Error::invalid(
+                    "duplicate_domain_id",
+                    format!("numeric domain id {} is used twice", d.id.unwrap_or_default()),
+                ));
+            }
+            list.push(Domain { name, id: d.id });
+        }
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        self.write(
+            actor,
+            |snap, _| {
+                let created = snap.orgs.get(org).is_none();
+                Ok(Some((
+                    Change::PutOrg {
+                        org: org.to_string(),
+                        domains: list,
+                    },
+                    created,
+                )))
+            },
+            || false,
+        )
+    }
+
+    /// Creates or updates a user. `value` is true when the user was created.
+    pub fn put_user(
+        &self,
+        actor: &str,
+        org: &str,
+        user: &str,
+        input: UserInput,
+    ) -> Result<Applied<bool>, Error> {
+        let user = canonical_user_id(user)?;
+        let mut access = BTreeMap::new();
+        for (d, a) in &input.access {
+            access.insert(canonical(d)?, *a);
+        }
+        if input.role.is_org_admin() && !access.is_empty() {
+            return Err(Error::rule(
+                "access_for_admin",
+                format!(
+                    "{} users have read_write on every domain of the organisation; per-domain access applies to members only",
+                    input.role
+                ),
+            ));
+        }
+        self.write(
+            actor,
+            |snap, store| {
+                let org_entry = snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+                for d in access.keys() {
+                    if !org_entry.domains.contains_key(d.as_str()) {
+                        return Err(Error::rule(
+                            "domain_not_in_org",
+                            format!("domain {d} is not a domain of organisation {org}"),
+                        ));
+                    }
+                }
+                let key = user_key(org, &user);
+                let existing = snap.users.get(&key);
+                let status = input
+                    .status
+                    .or(existing.map(|u| u.status))
+                    .unwrap_or(Status::Active);
+                if let Some(u) = existing {
+                    let stays_owner = input.role == Role::Owner && status == Status::Active;
+                    if u.role == Role::Owner && u.status == Status::Active && !stays_owner {
+                        last_owner_check(snap, org, &user)?;
+                    }
+                }
+                let next_epoch = snap.version + 1;
+                let epoch = match existing {
+                    None => next_epoch,
+                    Some(u) if u.status == Status::Active && status == Status::Deactivated => {
+                        next_epoch
+                    }
+                    Some(u) => u.epoch,
+                };
+                let record = UserRecord {
+                    org: org.to_string(),
+                    id: user.clone(),
+                    role: input.role,
+                    status,
+                    access,
+                    epoch,
+                };
+                let change = if existing.is_some_and(|u| u.status == Status::Active)
+                    && status == Status::Deactivated
+                {
+                    Change::DeactivateUser {
+                        user: record,
+                        at: now_ms() / 1000,
+                        revoke: live_digests(store, org, &user)?,
+                    }
+                } else {
+                    Change::PutUser(record)
+                };
+                Ok(Some((change, existing.is_none())))
+            },
+            || false,
+        )
+    }
+
+    /// Deactivates a user: every key they created stops on the next request
+    /// and stays revoked. Deactivating an inactive user changes nothing.
+    pub fn deactivate_user(&self, actor: &str, org: &str, user: &str) -> Result<Applied<()>, Error> {
+        let user = canonical_user_id(user)?;
+        self.write(
+            actor,
+            |snap, store| {
+                snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+                let u = snap
+                    .users
+                    .get(&user_key(org, &user))
+                    .ok_or_else(|| user_missing(org, &user))?;
+                if u.status == Status::Deactivated {
+                    return Ok(None);
+                }
+                if u.role == Role::Owner {
+                    last_owner_check(snap, org, &user)?;
+                }
+                let record = UserRecord {
+                    org: org.to_string(),
+                    id: user.clone(),
+                    role: u.role,
+                    status: Status::Deactivated,
+                    access: u.access.iter().map(|(d, a)| (d.to_string(), *a)).collect(),
+                    epoch: snap.version + 1,
+                };
+                Ok(Some((
+                    Change::DeactivateUser {
+                        user: record,
+                        at: now_ms() / 1000,
+                        revoke: live_digests(store, org, &user)?,
+                    },
+                    (),
+                )))
+            },
+            || (),
+        )
+    }
+
+    /// Deletes a user and revokes every key they created.
+    pub fn delete_user(&self, actor: &str, org: &str, user: &str) -> Result<Applied<()>, Error> {
+        let user = canonical_user_id(user)?;
+        self.write(
+            actor,
+            |snap, store| {
+                snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+                let u = snap
+                    .users
+                    .get(&user_key(org, &user))
+                    .ok_or_else(|| user_missing(org, &user))?;
+                if u.role == Role::Owner && u.status == Status::Active {
+                    last_owner_check(snap, org, &user)?;
+                }
+                Ok(Some((
+                    Change::DeleteUser {
+                        org: org.to_string(),
+                        user: user.clone(),
+                        at: now_ms() / 1000,
+                        revoke: live_digests(store, org, &user)?,
+                    },
+                    (),
+                )))
+            },
+            || (),
+        )
+    }
+
+    /// Creates one key by the guide's rules.
+    pub fn create_key(
+        &self,
+        actor: &str,
+        org: &str,
+        key: NewKey,
+        now: i64,
+    ) -> Result<Applied<CreatedKey>, Error> {
+        let mut applied = self.create_keys(actor, org, vec![key], now)?;
+        Ok(Applied {
+            value: applied.value.pop().expect("one key in, one key out"),
+            version: applied.version,
+        })
+    }
+
+    /// Creates (or imports) many keys in one commit: all or nothing.
+    pub fn create_keys(
+        &self,
+        actor: &str,
+        org: &str,
+        keys: Vec<NewKey>,
+        now: i64,
+    ) -> Result<Applied<Vec<CreatedKey>>, Error> {
+        self.write(
+            actor,
+            |snap, _| {
+                let mut records = Vec::with_capacity(keys.len());
+                let mut created = Vec::with_capacity(keys.len());
+                let mut seen = hashbrown::HashSet::new();
+                for (i, k) in keys.into_iter().enumerate() {
+                    let (record, secret) = plan_key(snap, &self.pepper, org, k, now)
+                        .map_err(|e| with_index(e, i, records.capacity()))?;
+                    if snap.keys.get(&record.digest).is_some() || !seen.insert(record.digest) {
+                        return Err(with_index(
+                            Error::new(
+                                ErrorKind::Conflict,
+                                "key_exists",
+                                "a key with this secret already exists",
+                            ),
+                            i,
+                            records.capacity(),
+                        ));
+                    }
+                    created.push(CreatedKey {
+                        secret,
+                        meta: record.meta(now),
+                    });
+                    records.push(record);
+                }
+                Ok(Some((Change::CreateKeys(records), created)))
+            },
+            Vec::new,
+        )
+    }
+
+    /// Revokes a key; revoking a revoked key changes nothing.
+    pub fn revoke_key(&self, actor: &str, id: &str, now: i64) -> Result<Applied<KeyMeta>, Error> {
+        let mut meta = None;
+        let applied = self.write(
+            actor,
+            |_, store| {
+                let mut rec = store.get_key(id)?.ok_or_else(|| key_missing(id))?;
+                let change = rec.revoked_at.is_none().then(|| Change::RevokeKey {
+                    id: id.to_string(),
+                    digest: rec.digest,
+                    at: now,
+                });
+                rec.revoked_at.get_or_insert(now);
+                meta = Some(rec.meta(now));
+                Ok(change.map(|c| (c, ())))
+            },
+            || (),
+        )?;
+        Ok(Applied {
+            value: meta.expect("the plan records the key's metadata before succeeding"),
+            version: applied.version,
+        })
+    }
+
+    /// Metadata of one key.
+    pub fn get_key(&self, id: &str, now: i64) -> Result<KeyMeta, Error> {
+        lock(&self.writer)
+            .get_key(id)?
+            .map(|k| k.meta(now))
+            .ok_or_else(|| key_missing(id))
+    }
+
+    /// Metadata of an organisation's keys, optionally one user's.
+    pub fn list_keys(&self, org: &str, user: Option<&str>, now: i64) -> Result<Vec<KeyMeta>, Error> {
+        if self.snapshot().orgs.get(org).is_none() {
+            return Err(org_missing(org));
+        }
+        let user = user.map(canonical_user_id).transpose()?;
+        Ok(lock(&self.writer)
+            .list_keys(org, user.as_deref())?
+            .iter()
+            .map(|k| k.meta(now))
+            .collect())
+    }
+
+    /// Users of an organisation.
+    pub fn list_users(&self, org: &str) -> Result<Vec<UserRecord>, Error> {
+        if self.snapshot().orgs.get(org).is_none() {
+            return Err(org_missing(org));
+        }
+        Ok(lock(&self.writer).list_users(org)?)
+    }
+
+    /// The domains of an organisation, sorted by name.
+    pub fn org_domains(&self, org: &str) -> Result<Vec<Domain>, Error> {
+        let snap = self.snapshot();
+        let entry = snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+        let mut list: Vec<Domain> = entry
+            .domains
+            .iter()
+            .map(|(n, id)| Domain {
+                name: n.to_string(),
+                id: *id,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+}
+
+/// Digests of a user's keys that are not revoked yet.
+fn live_digests(store: &mut dyn Store, org: &str, user: &str) -> Result<Vec<Digest>, Error> {
+    Ok(store
+        .list_keys(org, Some(user))?
+        .into_iter()
+        .filter(|k| k.revoked_at.is_none())
+        .map(|k| k.digest)
+        .collect())
+}
+
+fn with_index(mut e: Error, i: usize, n: usize) -> Error {
+    if n > 1 {
+        e.message = format!("key {i}: {}", e.message);
+    }
+    e
+}
+
+fn user_key(org: &str, user: &str) -> UserKey {
+    UserKey {
+        org: Arc::from(org),
+        user: Arc::from(user),
+    }
+}
+
+fn org_missing(org: &str) -> Error {
+    Error::not_found("org_not_found", format!("no organisation {org:?}"))
+}
+
+fn user_missing(org: &str, user: &str) -> Error {
+    Error::not_found(
+        "user_not_found",
+        format!("no user {user:?} in organisation {org:?}"),
+    )
+}
+
+fn key_missing(id: &str) -> Error {
+    Error::not_found("key_not_found", format!("no key with id {id:?}"))
+}
+
+/// Refuses a change that would leave the organisation without an active owner.
+fn last_owner_check(snap: &Snapshot, org: &str, leaving: &str) -> Result<(), Error> {
+    let other_owner = snap.users.iter().any(|(k, u)| {
+        &*k.org == org && &*k.user != leaving && u.role == Role::Owner && u.status == Status::Active
+    });
+    if other_owner {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Conflict,
+            "last_owner",
+            format!(
+                "{leaving} is the last active owner of {org}; at least one owner must remain (make another user owner first)"
+            ),
+        ))
+    }
+}
+
+/// Applies the guide's key creation rules and builds the record.
+fn plan_key(
+    snap: &Snapshot,
+    pepper: &Pepper,
+    org: &str,
+    k: NewKey,
+    now: i64,
+) -> Result<(KeyRecord, String), Error> {
+    let org_entry = snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+    let user = canonical_user_id(&k.user)?;
+    let u = snap
+        .users
+        .get(&user_key(org, &user))
+        .ok_or_else(|| user_missing(org, &user))?;
+    if u.status != Status::Active {
+        return Err(Error::rule(
+            "user_deactivated",
+            format!("{user} is deactivated and cannot create keys"),
+        ));
+    }
+    if let Some(e) = k.expires_at {
+        if e <= now {
+            return Err(Error::rule(
+                "expiry_in_past",
+                "expires_at must be in the future",
+            ));
+        }
+    }
+    if let Some(n) = &k.name {
+        if n.chars().count() > 200 || n.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "invalid_name",
+                "name must be at most 200 printable characters",
+            ));
+        }
+    }
+    let access = k.access.unwrap_or(Access::ReadWrite);
+    let scope = if k.org_wide {
+        if k.domains.is_some() {
+            return Err(Error::rule(
+                "org_wide_with_domains",
+                "an org_wide key covers every domain; do not list domains",
+            ));
+        }
+        if access != Access::ReadWrite {
+            return Err(Error::rule(
+                "org_wide_read_only",
+                "org_wide keys are read_write; list domains to make a read-only key",
+            ));
+        }
+        if !u.role.is_org_admin() {
+            return Err(Error::rule(
+                "org_wide_requires_admin",
+                format!("only owners and admins may create org_wide keys; {user} is a member"),
+            ));
+        }
+        KeyScope::OrgWide
+    } else {
+        let chosen: Vec<String> = match k.domains {
+            None => {
+                let mut writable: Vec<String> = org_entry
+                    .domains
+                    .keys()
+                    .filter(|d| u.level_on(d) == Some(Access::ReadWrite))
+                    .map(|d| d.to_string())
+                    .collect();
+                writable.sort();
+                if writable.is_empty() {
+                    return Err(Error::rule(
+                        "no_writable_domains",
+                        format!("{user} has read_write access to no domain, so a key without explicit domains would cover nothing"),
+                    ));
+                }
+                writable
+            }
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(Error::rule(
+                        "no_domains",
+                        "domains is empty; omit it for the default scope",
+                    ));
+                }
+                let mut out = Vec::with_capacity(list.len());
+                for d in list {
+                    let d = canonical(&d)?;
+                    if !org_entry.domains.contains_key(d.as_str()) {
+                        return Err(Error::rule(
+                            "domain_not_in_org",
+                            format!("domain {d} is not a domain of organisation {org}"),
+                        ));
+                    }
+                    if u.level_on(&d) != Some(Access::ReadWrite) {
+                        return Err(Error::rule(
+                            "domain_not_writable",
+                            format!("{user} does not have read_write access to {d}; keys can only be scoped to domains their creator can write"),
+                        ));
+                    }
+                    out.push(d);
+                }
+                out
+            }
+        };
+        KeyScope::Domains(chosen.into_iter().map(|d| (d, access)).collect())
+    };
+    let secret = match k.secret {
+        Some(s) => {
+            if secret::classify(&s).is_err() {
+                return Err(Error::invalid(
+                    "invalid_secret",
+                    "an imported secret must be 1-256 printable ASCII characters (and an sg_ secret must carry a valid checksum)",
+                ));
+            }
+            s
+        }
+        None => secret::generate(),
+    };
+    let record = KeyRecord {
+        id: secret::generate_id(),
+        digest: pepper.digest(&secret),
+        org: org.to_string(),
+        user,
+        user_epoch: u.epoch,
+        scope,
+        expires_at: k.expires_at,
+        name: k.name,
+        created_at: now,
+        revoked_at: None,
+    };
+    Ok((record, secret))
+}
+
+/// Builds a snapshot from the whole store.
+fn load(store: &mut dyn Store) -> Result<Snapshot, Error> {
+    let (version, changed_at_ms) = store.version()?;
+    let mut intern = Interner::default();
+    let orgs = store
+        .load_orgs()?
+        .into_iter()
+        .map(|(id, domains)| (intern.get(&id), Arc::new(org_entry(&domains, &mut intern))))
+        .collect::<Vec<_>>();
+    let mut creators: hashbrown::HashMap<UserKey, Arc<UserKey>> = hashbrown::HashMap::new();
+    let users = store
+        .load_users()?
+        .into_iter()
+        .map(|u| {
+            let key = UserKey {
+                org: intern.get(&u.org),
+                user: intern.get(&u.id),
+            };
+            creators.insert(key.clone(), Arc::new(key.clone()));
+            (key, Arc::new(user_entry(&u, &mut intern)))
+        })
+        .collect::<Vec<_>>();
+    let mut keys = Vec::new();
+    let mut live = 0;
+    store.for_each_key(&mut |k| {
+        let uk = UserKey {
+            org: intern.get(&k.org),
+            user: intern.get(&k.user),
+        };
+        let creator = creators
+            .entry(uk.clone())
+            .or_insert_with(|| Arc::new(uk))
+            .clone();
+        if k.revoked_at.is_none() {
+            live += 1;
+        }
+        keys.push((k.digest, key_entry(&k, creator, &mut intern)));
+    })?;
+    Ok(Snapshot {
+        version,
+        changed_at_ms,
+        orgs: crate::ShardMap::from_entries(orgs),
+        users: crate::ShardMap::from_entries(users),
+        keys: crate::ShardMap::from_entries(keys),
+        live_keys: live,
+    })
+}
+
+/// Applies a committed change to a snapshot copy. Copies only the shards the
+/// change touches.
+fn apply(snap: &mut Snapshot, change: &Change) {
+    let mut intern = Interner::default();
+    match change {
+        Change::PutOrg { org, domains } => {
+            snap.orgs
+                .insert(Arc::from(org.as_str()), Arc::new(org_entry(domains, &mut intern)));
+        }
+        Change::PutUser(u) => {
+            snap.users
+                .insert(user_key(&u.org, &u.id), Arc::new(user_entry(u, &mut intern)));
+        }
+        Change::DeactivateUser { user: u, revoke, .. } => {
+            snap.users
+                .insert(user_key(&u.org, &u.id), Arc::new(user_entry(u, &mut intern)));
+            revoke_all(snap, revoke);
+        }
+        Change::DeleteUser { org, user, revoke, .. } => {
+            snap.users.remove(&user_key(org, user));
+            revoke_all(snap, revoke);
+        }
+        Change::CreateKeys(keys) => {
+            let mut creators: hashbrown::HashMap<(&str, &str), Arc<UserKey>> =
+                hashbrown::HashMap::new();
+            for k in keys {
+                let creator = creators
+                    .entry((&k.org, &k.user))
+                    .or_insert_with(|| Arc::new(user_key(&k.org, &k.user)))
+                    .clone();
+                snap.keys.insert(k.digest, key_entry(k, creator, &mut intern));
+                snap.live_keys += 1;
+            }
+        }
+        Change::RevokeKey { digest, .. } => revoke_all(snap, std::slice::from_ref(digest)),
+    }
+}
+
+/// Marks keys revoked in a snapshot copy.
+fn revoke_all(snap: &mut Snapshot, digests: &[Digest]) {
+    for d in digests {
+        if let Some(e) = snap.keys.get(d).filter(|e| !e.revoked) {
+            let mut e = e.clone();
+            e.revoked = true;
+            snap.keys.insert(*d, e);
+            snap.live_keys -= 1;
+        }
+    }
+}

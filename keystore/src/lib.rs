@@ -1,0 +1,41 @@
+//! scopegate's access model and key checks: no HTTP, no Pingora.
+//!
+//! For a presented key and a target (a domain at a level, or the organisation),
+//! [`KeyStore`] decides whether a request may pass, millions of times a second,
+//! while platform teams revoke keys and change access underneath it.
+//!
+//! # Layout
+//! - [`model`]: organisations, users, roles, access levels, key records, and
+//!   the canonical form of domain names.
+//! - [`secret`]: the issued key format (prefix, randomness, checksum) and the
+//!   keyed BLAKE3 digest — the only form in which a key is stored.
+//! - [`snapshot`]: one immutable version of the access data and the decision
+//!   itself: effective level = min(key scope, creator's level now).
+//! - [`shardmap`]: the copy-on-write sharded table that makes a one-key
+//!   change at a million keys cost microseconds, not a table copy.
+//! - [`store`]: the durable store trait and its change vocabulary;
+//!   [`sqlite`]: the embedded SQLite implementation.
+//! - [`engine`]: [`KeyStore`], the lock-free reader side and the single writer
+//!   that validates, commits durably, then publishes.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod model;
+pub mod secret;
+pub mod shardmap;
+pub mod snapshot;
+pub mod sqlite;
+pub mod store;
+pub mod time;
+
+pub use engine::{
+    Applied, Counts, CreatedKey, Decision, DomainInput, Error, ErrorKind, Identity, KeyStore, NewKey,
+    UserInput,
+};
+pub use model::{canonical_domain, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role, Status, UserRecord};
+pub use secret::{Digest, Pepper};
+pub use shardmap::ShardMap;
+pub use snapshot::{DomainRef, Principal, Refusal, Snapshot, Target};
+pub use sqlite::SqliteStore;
+pub use store::{Audit, Change, Store, StoreError};

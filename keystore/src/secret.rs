@@ -1,0 +1,235 @@
+//! Key secrets, their format and their keyed digests.
+//!
+//! An issued secret looks like `sg_` + 32 base62 characters (190 bits from the
+//! OS generator) + 6 base62 characters of CRC-32 over everything before them.
+//! The checksum lets the gateway refuse a mistyped, truncated or random
+//! string before any hashing or lookup. Secrets of other formats (imported
+//! from an existing key base) are looked up by digest like any other.
+//!
+//! Only the digest `keyed BLAKE3(pepper, secret)` is ever stored; the pepper
+//! lives outside the store, so a stolen database file alone cannot be used to
+//! test guesses.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// The prefix of every issued secret: recognisable in logs scanners and
+/// secret-scanning tools, and the signal that a checksum follows.
+pub const PREFIX: &str = "sg_";
+const BODY_LEN: usize = 32;
+const CHECK_LEN: usize = 6;
+/// Length of an issued secret.
+pub const ISSUED_LEN: usize = PREFIX.len() + BODY_LEN + CHECK_LEN;
+/// Longest secret of any format the gateway will hash.
+pub const MAX_SECRET_LEN: usize = 256;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The keyed BLAKE3 digest of a secret: what the store keeps and the table is
+/// indexed by. Its bytes are already uniform, so the first eight serve as the
+/// hash-table hash directly.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Digest(pub [u8; 32]);
+
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.table_hash());
+    }
+}
+
+impl Digest {
+    /// The first eight bytes, used as the table hash.
+    #[inline]
+    pub fn table_hash(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(b)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Digests are as sensitive as hashed passwords: never print them.
+        f.write_str("Digest(<redacted>)")
+    }
+}
+
+/// The pepper as a BLAKE3 key, derived from the configured secret bytes.
+#[derive(Clone)]
+pub struct Pepper {
+    key: [u8; 32],
+}
+
+impl fmt::Debug for Pepper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pepper(<redacted>)")
+    }
+}
+
+impl Pepper {
+    /// Derives the digest key from the configured pepper (any length; the
+    /// config insists on at least 16 bytes).
+    pub fn new(pepper: &[u8]) -> Pepper {
+        Pepper {
+            key: blake3::derive_key("scopegate 2026-11 api key digest pepper", pepper),
+        }
+    }
+
+    /// Keyed BLAKE3 of a secret.
+    #[inline]
+    pub fn digest(&self, secret: &str) -> Digest {
+        Digest(*blake3::keyed_hash(&self.key, secret.as_bytes()).as_bytes())
+    }
+
+    /// A value that identifies this pepper without revealing it, stored beside
+    /// the digests so that opening a store with the wrong pepper fails loudly
+    /// instead of refusing every key.
+    pub fn fingerprint(&self) -> String {
+        let h = blake3::keyed_hash(&self.key, b"scopegate pepper fingerprint");
+        h.to_hex()[..16].to_string()
+    }
+}
+
+/// What the format check makes of a presented secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// An issued `sg_` secret whose checksum verifies.
+    Issued,
+    /// Some other printable string: possibly an imported key.
+    Foreign,
+}
+
+/// The presented string cannot be a key: empty, too long, non-printable
+/// bytes, or an `sg_` string with a wrong length, alphabet or checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Malformed;
+
+/// Checks a presented secret's shape without hashing it.
+#[inline]
+pub fn classify(secret: &str) -> Result<Format, Malformed> {
+    let bytes = secret.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_SECRET_LEN {
+        return Err(Malformed);
+    }
+    if let Some(rest) = bytes.strip_prefix(PREFIX.as_bytes()) {
+        if bytes.len() != ISSUED_LEN || !rest.iter().all(u8::is_ascii_alphanumeric) {
+            return Err(Malformed);
+        }
+        let (head, check) = bytes.split_at(ISSUED_LEN - CHECK_LEN);
+        return if check == checksum(head) {
+            Ok(Format::Issued)
+        } else {
+            Err(Malformed)
+        };
+    }
+    if bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        Ok(Format::Foreign)
+    } else {
+        Err(Malformed)
+    }
+}
+
+fn checksum(head: &[u8]) -> [u8; CHECK_LEN] {
+    let mut n = crc32fast::hash(head) as u64;
+    let mut out = [b'0'; CHECK_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
+/// Fills `out` with uniformly random base62 characters from the OS generator.
+fn random_base62(out: &mut [u8]) {
+    let mut filled = 0;
+    let mut buf = [0u8; 64];
+    while filled < out.len() {
+        getrandom::getrandom(&mut buf).expect("the OS random generator failed");
+        for &b in &buf {
+            // 248 = 4 * 62: rejecting the rest keeps every character equally likely.
+            if b < 248 && filled < out.len() {
+                out[filled] = BASE62[(b % 62) as usize];
+                filled += 1;
+            }
+        }
+    }
+}
+
+/// A new issued secret: `sg_`, 190 random bits in base62, a checksum.
+pub fn generate() -> String {
+    let mut s = [0u8; ISSUED_LEN];
+    s[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+    random_base62(&mut s[PREFIX.len()..ISSUED_LEN - CHECK_LEN]);
+    let check = checksum(&s[..ISSUED_LEN - CHECK_LEN]);
+    s[ISSUED_LEN - CHECK_LEN..].copy_from_slice(&check);
+    String::from_utf8(s.to_vec()).expect("base62 is ASCII")
+}
+
+/// A new public key id: `key_` + 64 random bits in hex.
+pub fn generate_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the OS random generator failed");
+    format!("key_{:016x}", u64::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_verify_and_differ() {
+        let a = generate();
+        let b = generate();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), ISSUED_LEN);
+        assert!(a.starts_with(PREFIX));
+        assert_eq!(classify(&a), Ok(Format::Issued));
+    }
+
+    #[test]
+    fn any_single_character_change_is_caught() {
+        let s = generate();
+        for i in PREFIX.len()..s.len() {
+            let mut bytes = s.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
+            let changed = String::from_utf8(bytes).unwrap();
+            assert_eq!(classify(&changed), Err(Malformed), "position {i}");
+        }
+        assert_eq!(classify(&s[..s.len() - 1]), Err(Malformed));
+        assert_eq!(classify(&format!("{s}x")), Err(Malformed));
+    }
+
+    #[test]
+    fn foreign_and_malformed() {
+        assert_eq!(classify("pm-server-token-1234"), Ok(Format::Foreign));
+        assert_eq!(classify(""), Err(Malformed));
+        assert_eq!(classify("has space"), Err(Malformed));
+        assert_eq!(classify("tab\there"), Err(Malformed));
+        assert_eq!(classify("é"), Err(Malformed));
+        assert_eq!(classify(&"x".repeat(MAX_SECRET_LEN + 1)), Err(Malformed));
+        assert_eq!(classify("sg_short"), Err(Malformed));
+    }
+
+    #[test]
+    fn digest_depends_on_pepper_and_hides_itself() {
+        let p1 = Pepper::new(b"pepper-one-0123456789");
+        let p2 = Pepper::new(b"pepper-two-0123456789");
+        assert_ne!(p1.digest("k").0, p2.digest("k").0);
+        assert_eq!(p1.digest("k").0, p1.digest("k").0);
+        assert_ne!(p1.fingerprint(), p2.fingerprint());
+        assert_eq!(format!("{:?}", p1.digest("k")), "Digest(<redacted>)");
+        assert_eq!(format!("{p1:?}"), "Pepper(<redacted>)");
+    }
+
+    #[test]
+    fn random_characters_are_spread_over_the_alphabet() {
+        let mut seen = [0usize; 128];
+        for _ in 0..400 {
+            for b in generate().bytes().skip(PREFIX.len()).take(BODY_LEN) {
+                seen[b as usize] += 1;
+            }
+        }
+        for &c in BASE62 {
+            assert!(seen[c as usize] > 50, "{} seen {} times", c as char, seen[c as usize]);
+        }
+    }
+}

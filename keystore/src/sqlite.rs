@@ -1,0 +1,404 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`,
+//! so a commit that returned survives a crash or power loss.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::model::{Access, Domain, KeyRecord, KeyScope, Role, Status, UserRecord};
+use crate::store::{Audit, Change, Store, StoreError};
+use crate::Digest;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many
+/// have run. Never edit a released migration: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the access model and the change log.
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE orgs (id TEXT PRIMARY KEY);
+     CREATE TABLE domains (
+         org TEXT NOT NULL REFERENCES orgs(id),
+         name TEXT NOT NULL,
+         numeric_id INTEGER,
+         PRIMARY KEY (org, name));
+     CREATE TABLE users (
+         org TEXT NOT NULL REFERENCES orgs(id),
+         id TEXT NOT NULL,
+         role TEXT NOT NULL,
+         status TEXT NOT NULL,
+         access TEXT NOT NULL,
+         epoch INTEGER NOT NULL,
+         PRIMARY KEY (org, id));
+     CREATE TABLE keys (
+         id TEXT PRIMARY KEY,
+         digest BLOB NOT NULL UNIQUE,
+         org TEXT NOT NULL REFERENCES orgs(id),
+         user TEXT NOT NULL,
+         user_epoch INTEGER NOT NULL,
+         org_wide INTEGER NOT NULL,
+         domains TEXT NOT NULL,
+         expires_at INTEGER,
+         name TEXT,
+         created_at INTEGER NOT NULL,
+         revoked_at INTEGER);
+     CREATE INDEX keys_by_user ON keys (org, user);
+     CREATE TABLE changes (
+         version INTEGER PRIMARY KEY,
+         at_ms INTEGER NOT NULL,
+         actor TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         subject TEXT NOT NULL);",
+];
+
+/// The SQLite-backed [`Store`].
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))?;
+        Self::init(conn)
+    }
+
+    /// A store that lives in memory only: for tests and `check` dry runs.
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(db)?)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        let mut store = SqliteStore { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let current: usize = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db)?;
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Incompatible(format!(
+                "schema version {current} is newer than this scopegate understands ({}); upgrade scopegate",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            let tx = self.conn.transaction().map_err(db)?;
+            tx.execute_batch(sql).map_err(db)?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
+            tx.commit().map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// The schema version this file is at.
+    pub fn schema_version(&self) -> Result<usize, StoreError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db)
+    }
+}
+
+fn access_json(access: &BTreeMap<String, Access>) -> String {
+    serde_json::to_string(access).expect("a map of strings serialises")
+}
+
+fn parse_access(text: &str) -> Result<BTreeMap<String, Access>, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Incompatible(format!("bad access map in store: {e}")))
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, StoreError> {
+    text.parse().map_err(StoreError::Incompatible)
+}
+
+const KEY_COLUMNS: &str =
+    "id, digest, org, user, user_epoch, org_wide, domains, expires_at, name, created_at, revoked_at";
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
+    let digest: Vec<u8> = row.get(1)?;
+    let org_wide: bool = row.get(5)?;
+    let domains: String = row.get(6)?;
+    let rec = (|| {
+        let digest: [u8; 32] = digest
+            .try_into()
+            .map_err(|_| StoreError::Incompatible("digest is not 32 bytes".into()))?;
+        let scope = if org_wide {
+            KeyScope::OrgWide
+        } else {
+            KeyScope::Domains(parse_access(&domains)?)
+        };
+        Ok::<_, StoreError>((Digest(digest), scope))
+    })();
+    Ok(match rec {
+        Err(e) => Err(e),
+        Ok((digest, scope)) => Ok(KeyRecord {
+            id: row.get(0)?,
+            digest,
+            org: row.get(2)?,
+            user: row.get(3)?,
+            user_epoch: row.get::<_, i64>(4)? as u64,
+            scope,
+            expires_at: row.get(7)?,
+            name: row.get(8)?,
+            created_at: row.get(9)?,
+            revoked_at: row.get(10)?,
+        }),
+    })
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<UserRecord, StoreError>> {
+    let org: String = row.get(0)?;
+    let id: String = row.get(1)?;
+    let role: String = row.get(2)?;
+    let status: String = row.get(3)?;
+    let access: String = row.get(4)?;
+    let epoch: i64 = row.get(5)?;
+    Ok((|| {
+        Ok(UserRecord {
+            org,
+            id,
+            role: parse::<Role>(&role)?,
+            status: parse::<Status>(&status)?,
+            access: parse_access(&access)?,
+            epoch: epoch as u64,
+        })
+    })())
+}
+
+fn put_user(tx: &rusqlite::Transaction<'_>, u: &UserRecord) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO users (org, id, role, status, access, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (org, id) DO UPDATE SET role = ?3, status = ?4, access = ?5, epoch = ?6",
+        params![
+            u.org,
+            u.id,
+            u.role.as_str(),
+            u.status.as_str(),
+            access_json(&u.access),
+            u.epoch as i64
+        ],
+    )?;
+    Ok(())
+}
+
+fn revoke_user_keys(
+    tx: &rusqlite::Transaction<'_>,
+    org: &str,
+    user: &str,
+    at: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE keys SET revoked_at = ?3 WHERE org = ?1 AND user = ?2 AND revoked_at IS NULL",
+        params![org, user, at],
+    )?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn check_pepper(&mut self, fingerprint: &str) -> Result<(), StoreError> {
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'pepper_fingerprint'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        match stored {
+            Some(s) if s == fingerprint => Ok(()),
+            Some(_) => Err(StoreError::WrongPepper),
+            None => {
+                self.conn
+                    .execute(
+                        "INSERT INTO meta (name, value) VALUES ('pepper_fingerprint', ?1)",
+                        [fingerprint],
+                    )
+                    .map_err(db)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn version(&mut self) -> Result<(u64, i64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0), COALESCE(MAX(at_ms), 0) FROM changes",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .map_err(db)
+    }
+
+    fn load_orgs(&mut self) -> Result<Vec<(String, Vec<Domain>)>, StoreError> {
+        let mut orgs: BTreeMap<String, Vec<Domain>> = BTreeMap::new();
+        let mut stmt = self.conn.prepare("SELECT id FROM orgs").map_err(db)?;
+        for id in stmt.query_map([], |r| r.get::<_, String>(0)).map_err(db)? {
+            orgs.insert(id.map_err(db)?, Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT org, name, numeric_id FROM domains ORDER BY org, name")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Domain {
+                        name: r.get(1)?,
+                        id: r.get::<_, Option<i64>>(2)?.map(|i| i as u64),
+                    },
+                ))
+            })
+            .map_err(db)?;
+        for row in rows {
+            let (org, d) = row.map_err(db)?;
+            orgs.entry(org).or_default().push(d);
+        }
+        Ok(orgs.into_iter().collect())
+    }
+
+    fn load_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT org, id, role, status, access, epoch FROM users")
+            .map_err(db)?;
+        let rows = stmt.query_map([], user_from_row).map_err(db)?;
+        rows.map(|r| r.map_err(db)?).collect()
+    }
+
+    fn for_each_key(&mut self, f: &mut dyn FnMut(KeyRecord)) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {KEY_COLUMNS} FROM keys"))
+            .map_err(db)?;
+        let rows = stmt.query_map([], key_from_row).map_err(db)?;
+        for row in rows {
+            f(row.map_err(db)??);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, change: &Change, audit: &Audit<'_>) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        match change {
+            Change::PutOrg { org, domains } => {
+                tx.execute("INSERT OR IGNORE INTO orgs (id) VALUES (?1)", [org])
+                    .map_err(db)?;
+                tx.execute("DELETE FROM domains WHERE org = ?1", [org])
+                    .map_err(db)?;
+                let mut stmt = tx
+                    .prepare("INSERT INTO domains (org, name, numeric_id) VALUES (?1, ?2, ?3)")
+                    .map_err(db)?;
+                for d in domains {
+                    stmt.execute(params![org, d.name, d.id.map(|i| i as i64)])
+                        .map_err(db)?;
+                }
+            }
+            Change::PutUser(u) => put_user(&tx, u).map_err(db)?,
+            Change::DeactivateUser { user, at, .. } => {
+                put_user(&tx, user).map_err(db)?;
+                revoke_user_keys(&tx, &user.org, &user.id, *at).map_err(db)?;
+            }
+            Change::DeleteUser { org, user, at, .. } => {
+                tx.execute(
+                    "DELETE FROM users WHERE org = ?1 AND id = ?2",
+                    params![org, user],
+                )
+                .map_err(db)?;
+                revoke_user_keys(&tx, org, user, *at).map_err(db)?;
+            }
+            Change::CreateKeys(keys) => {
+                let mut stmt = tx
+                    .prepare(&format!(
+                        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    ))
+                    .map_err(db)?;
+                for k in keys {
+                    let (org_wide, domains) = match &k.scope {
+                        KeyScope::OrgWide => (true, "{}".to_string()),
+                        KeyScope::Domains(d) => (false, access_json(d)),
+                    };
+                    stmt.execute(params![
+                        k.id,
+                        &k.digest.0[..],
+                        k.org,
+                        k.user,
+                        k.user_epoch as i64,
+                        org_wide,
+                        domains,
+                        k.expires_at,
+                        k.name,
+                        k.created_at,
+                        k.revoked_at
+                    ])
+                    .map_err(db)?;
+                }
+            }
+            Change::RevokeKey { id, at, .. } => {
+                tx.execute(
+                    "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id, at],
+                )
+                .map_err(db)?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO changes (version, at_ms, actor, kind, subject)
+             VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM changes), ?1, ?2, ?3, ?4)",
+            params![audit.at_ms, audit.actor, change.kind(), change.subject()],
+        )
+        .map_err(db)?;
+        let version = tx.last_insert_rowid() as u64;
+        tx.commit().map_err(db)?;
+        Ok(version)
+    }
+
+    fn get_key(&mut self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"),
+                [id],
+                key_from_row,
+            )
+            .optional()
+            .map_err(db)?
+            .transpose()
+    }
+
+    fn list_keys(&mut self, org: &str, user: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys WHERE org = ?1 AND (?2 IS NULL OR user = ?2)
+                 ORDER BY created_at, id"
+            ))
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![org, user], key_from_row)
+            .map_err(db)?;
+        rows.map(|r| r.map_err(db)?).collect()
+    }
+
+    fn list_users(&mut self, org: &str) -> Result<Vec<UserRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT org, id, role, status, access, epoch FROM users WHERE org = ?1 ORDER BY id")
+            .map_err(db)?;
+        let rows = stmt.query_map([org], user_from_row).map_err(db)?;
+        rows.map(|r| r.map_err(db)?).collect()
+    }
+}

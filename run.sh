@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: installs what the build needs, then
+#   bash run.sh demo   - the gateway enforcing keys in front of a real mock upstream
+#   bash run.sh test   - every test (the command CI runs)
+#   bash run.sh bench  - criterion benches of the hot path
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  echo "run.sh: installing ${need_apt[*]} (needed to build Pingora)" >&2
+  $sudo apt-get install -y "${need_apt[@]}" >/dev/null 2>&1 \
+    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y "${need_apt[@]}"; }
+fi
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  demo) exec cargo run --release --quiet -p scopegate-gateway --bin scopegate -- demo "$@" ;;
+  test) exec cargo test --workspace "$@" ;;
+  bench) exec cargo bench -p scopegate-suite "$@" ;;
+  *) echo "usage: bash run.sh demo|test|bench" >&2; exit 2 ;;
+esac
