@@ -1,1 +1,3 @@
-//! Shared helpers for the black-box tests.
+//! Shared helpers for scopegate's black-box tests, benches and load tests.
+
+pub mod population;

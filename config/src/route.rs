@@ -1,0 +1,364 @@
+//! The route table: which requests are admitted, where they go, and which
+//! domain a key must cover for them.
+
+use std::fmt;
+
+use crate::model::Limits;
+
+/// One entry of the ordered route table.
+///
+/// The gateway walks the table top to bottom and uses the first route whose
+/// method and path match; a request matching none is answered 404, so every
+/// upstream endpoint a client can reach is listed on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Methods this route covers, uppercase (`GET`, `POST`); empty means any.
+    pub methods: Vec<String>,
+    /// Path pattern, matched against the canonical (decoded) path.
+    pub path: PathPattern,
+    /// Name of the upstream group that receives admitted requests.
+    pub upstream: String,
+    /// What the key must cover for the request to be admitted.
+    pub target: Target,
+    /// Largest accepted request body; resolved from `[limits]` when the file
+    /// says 0 or nothing, so it is never 0 in a validated config.
+    pub max_body_bytes: u64,
+}
+
+impl Route {
+    /// Whether this route covers `method`; exists so "empty means any" is
+    /// decided in one place.
+    pub fn allows_method(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+}
+
+/// What a request acts on, and so what its key must cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `"key"`: any live key; organisation-level listing that the upstream
+    /// filters using the scope header.
+    Key,
+    /// `"org"`: organisation-level change (create domain, users, billing);
+    /// needs an `org_wide` key.
+    Org,
+    /// `"domain"`: the `{domain}` path segment; GET/HEAD need read, other
+    /// methods read_write.
+    Domain,
+    /// `"sender"`: the `From` domain of every message in the JSON body; needs
+    /// read_write on each.
+    Sender(SenderSpec),
+    /// `"public"`: no key needed; only ever by explicit configuration.
+    Public,
+}
+
+impl Target {
+    /// The file's name for this target; exists for messages and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Key => "key",
+            Target::Org => "org",
+            Target::Domain => "domain",
+            Target::Sender(_) => "sender",
+            Target::Public => "public",
+        }
+    }
+}
+
+/// Where the sender addresses are in a send request's JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderSpec {
+    /// `sender_pointer`: JSON pointer, within each message, to the sender
+    /// (`/From`); its domain is what the key must be able to write.
+    pub sender_pointer: String,
+    /// `messages_pointer`: how to find the messages in the body.
+    pub messages: Messages,
+}
+
+/// How the messages of a send request are laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Messages {
+    /// `messages_pointer` absent: the body is one message object.
+    Single,
+    /// `messages_pointer = ""`: the body is a JSON array of messages.
+    RootArray,
+    /// `messages_pointer = "/Messages"`: JSON pointer to the array of messages.
+    Pointer(String),
+}
+
+/// A parsed path pattern such as `/domains/{domain}/**`.
+///
+/// Exists so patterns are checked once at load and matched without string
+/// parsing on the hot path. `raw` keeps the text for messages and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    /// The segments between `/`s; empty for the pattern `/`.
+    pub segments: Vec<Segment>,
+    /// The pattern as written.
+    pub raw: String,
+}
+
+/// One segment of a [`PathPattern`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Matches exactly this text (case-sensitive).
+    Literal(String),
+    /// `{domain}`: matches any one segment and names it as the target domain.
+    Domain,
+    /// `**`, last only: matches the rest of the path, zero or more segments.
+    Rest,
+}
+
+impl PathPattern {
+    /// Parses a pattern: it starts with `/`, has no empty segments, at most one
+    /// `{domain}`, and `**` only as the last segment. The error says what is
+    /// wrong, quoting the pattern.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let Some(rest) = s.strip_prefix('/') else {
+            return Err(format!("{s:?} must start with \"/\""));
+        };
+        let mut segments = Vec::new();
+        if !rest.is_empty() {
+            let parts: Vec<&str> = rest.split('/').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let segment = match *part {
+                    "" => {
+                        return Err(format!(
+                            "{s:?} has an empty segment (\"//\" or a trailing \"/\")"
+                        ))
+                    }
+                    "{domain}" if segments.contains(&Segment::Domain) => {
+                        return Err(format!("{s:?} has more than one {{domain}}"))
+                    }
+                    "{domain}" => Segment::Domain,
+                    "**" if i + 1 < parts.len() => {
+                        return Err(format!("{s:?}: \"**\" may only be the last segment"))
+                    }
+                    "**" => Segment::Rest,
+                    "." | ".." => {
+                        return Err(format!(
+                            "{s:?}: \".\" and \"..\" segments are refused before matching, so this pattern could never match"
+                        ))
+                    }
+                    p if p.contains(['{', '}', '*', '?', '#', '\\']) => {
+                        return Err(format!(
+                            "{s:?}: segment {p:?} is not allowed; only \"{{domain}}\" and a final \"**\" are special, and '?', '#' and '\\' never appear in a canonical path"
+                        ))
+                    }
+                    p => Segment::Literal(p.to_owned()),
+                };
+                segments.push(segment);
+            }
+        }
+        Ok(PathPattern {
+            segments,
+            raw: s.to_owned(),
+        })
+    }
+
+    /// Matches the segments of a canonical path (`/a/b` is `["a", "b"]`).
+    /// Returns `None` on no match, `Some(domain)` on a match, where `domain`
+    /// is the segment captured by `{domain}`, if the pattern has one.
+    pub fn matches<'a>(&self, segments: &[&'a str]) -> Option<Option<&'a str>> {
+        let mut domain = None;
+        for (i, pattern) in self.segments.iter().enumerate() {
+            match pattern {
+                Segment::Rest => return Some(domain),
+                Segment::Literal(literal) => {
+                    if segments.get(i).copied() != Some(literal.as_str()) {
+                        return None;
+                    }
+                }
+                Segment::Domain => domain = Some(*segments.get(i)?),
+            }
+        }
+        (segments.len() == self.segments.len()).then_some(domain)
+    }
+
+    /// Whether the pattern captures a target domain.
+    pub fn has_domain(&self) -> bool {
+        self.segments.contains(&Segment::Domain)
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl Limits {
+    /// The body limit a route gets when the file leaves `max_body_bytes` at 0:
+    /// send or batch limit for sender routes, the streamed limit otherwise.
+    pub(crate) fn body_limit_for(&self, target: &Target) -> u64 {
+        match target {
+            Target::Sender(SenderSpec {
+                messages: Messages::Single,
+                ..
+            }) => self.max_send_body_bytes,
+            Target::Sender(_) => self.max_batch_body_bytes,
+            _ => self.max_body_bytes,
+        }
+    }
+}
+
+/// The default route table (DESIGN.md), with body limits from `limits`.
+pub(crate) fn default_routes_for(limits: &Limits) -> Vec<Route> {
+    let route = |methods: &[&str], path: &str, upstream: &str, target: Target| Route {
+        methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+        path: PathPattern::parse(path).expect("default route patterns are valid"),
+        upstream: upstream.to_owned(),
+        max_body_bytes: limits.body_limit_for(&target),
+        target,
+    };
+    let sender = |messages: Messages| {
+        Target::Sender(SenderSpec {
+            sender_pointer: "/From".to_owned(),
+            messages,
+        })
+    };
+    vec![
+        route(&["GET"], "/domains", "domains", Target::Key),
+        route(&["POST"], "/domains", "domains", Target::Org),
+        route(&[], "/domains/{domain}/**", "domains", Target::Domain),
+        route(&["POST"], "/email", "sending", sender(Messages::Single)),
+        route(
+            &["POST"],
+            "/email/withTemplate",
+            "sending",
+            sender(Messages::Single),
+        ),
+        route(
+            &["POST"],
+            "/email/batch",
+            "sending",
+            sender(Messages::RootArray),
+        ),
+        route(
+            &["POST"],
+            "/email/batchWithTemplates",
+            "sending",
+            sender(Messages::Pointer("/Messages".to_owned())),
+        ),
+        route(&[], "/account/**", "domains", Target::Org),
+        route(&[], "/users/**", "domains", Target::Org),
+        route(&[], "/invitations/**", "domains", Target::Org),
+        route(&[], "/billing/**", "domains", Target::Org),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    fn pattern(s: &str) -> PathPattern {
+        PathPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn literal_patterns_match_exactly_and_case_sensitively() {
+        let p = pattern("/email/batch");
+        assert_eq!(p.matches(&["email", "batch"]), Some(None));
+        assert_eq!(p.matches(&["email"]), None);
+        assert_eq!(p.matches(&["email", "batch", "x"]), None);
+        assert_eq!(p.matches(&["Email", "batch"]), None);
+    }
+
+    #[test]
+    fn rest_matches_zero_or_more_segments() {
+        let p = pattern("/account/**");
+        assert_eq!(p.matches(&["account"]), Some(None));
+        assert_eq!(p.matches(&["account", "a", "b"]), Some(None));
+        assert_eq!(p.matches(&["accounts"]), None);
+        assert_eq!(p.matches(&[]), None);
+        assert_eq!(pattern("/**").matches(&[]), Some(None));
+    }
+
+    #[test]
+    fn domain_captures_one_segment() {
+        let p = pattern("/domains/{domain}/**");
+        assert_eq!(
+            p.matches(&["domains", "example.com"]),
+            Some(Some("example.com"))
+        );
+        assert_eq!(
+            p.matches(&["domains", "42", "verifyDkim"]),
+            Some(Some("42"))
+        );
+        assert_eq!(p.matches(&["domains"]), None);
+        let exact = pattern("/domains/{domain}");
+        assert_eq!(exact.matches(&["domains", "a.com", "x"]), None);
+        assert!(exact.has_domain());
+    }
+
+    #[test]
+    fn root_pattern_matches_only_root() {
+        let p = pattern("/");
+        assert!(p.segments.is_empty());
+        assert_eq!(p.matches(&[]), Some(None));
+        assert_eq!(p.matches(&["a"]), None);
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected_with_the_reason() {
+        for (bad, reason) in [
+            ("email", "must start with"),
+            ("", "must start with"),
+            ("/email/", "empty segment"),
+            ("/a//b", "empty segment"),
+            ("/**/x", "last segment"),
+            ("/{domain}/{domain}", "more than one"),
+            ("/{domian}", "not allowed"),
+            ("/email/*", "not allowed"),
+            ("/a/../b", "could never match"),
+            ("/a?b=1", "not allowed"),
+        ] {
+            let err = PathPattern::parse(bad).unwrap_err();
+            assert!(err.contains(reason), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn default_routes_follow_the_design_table() {
+        let routes = Config::default_routes();
+        let find = |method: &str, path: &[&str]| {
+            routes
+                .iter()
+                .find(|r| r.allows_method(method) && r.path.matches(path).is_some())
+                .map(|r| (r.upstream.as_str(), r.target.name()))
+        };
+        assert_eq!(find("GET", &["domains"]), Some(("domains", "key")));
+        assert_eq!(find("POST", &["domains"]), Some(("domains", "org")));
+        assert_eq!(find("DELETE", &["domains"]), None);
+        assert_eq!(
+            find("DELETE", &["domains", "a.com"]),
+            Some(("domains", "domain"))
+        );
+        assert_eq!(find("POST", &["email"]), Some(("sending", "sender")));
+        assert_eq!(find("GET", &["email"]), None);
+        assert_eq!(
+            find("POST", &["email", "batch"]),
+            Some(("sending", "sender"))
+        );
+        assert_eq!(find("GET", &["account"]), Some(("domains", "org")));
+        assert_eq!(find("PUT", &["users", "u1"]), Some(("domains", "org")));
+        assert_eq!(find("GET", &["servers"]), None);
+
+        let batch = &routes[6];
+        assert_eq!(batch.path.raw, "/email/batchWithTemplates");
+        assert_eq!(
+            batch.target,
+            Target::Sender(SenderSpec {
+                sender_pointer: "/From".into(),
+                messages: Messages::Pointer("/Messages".into())
+            })
+        );
+        assert_eq!(batch.max_body_bytes, Limits::default().max_batch_body_bytes);
+        assert_eq!(
+            routes[3].max_body_bytes,
+            Limits::default().max_send_body_bytes
+        );
+        assert_eq!(routes[0].max_body_bytes, Limits::default().max_body_bytes);
+    }
+}

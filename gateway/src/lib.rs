@@ -1,0 +1,2 @@
+pub use pingora;
+pub mod mock;

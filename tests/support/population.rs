@@ -1,0 +1,102 @@
+//! Synthetic key populations for benches and load tests: one organisation,
+//! a few hundred users in the guide's roles, and N keys spread over them.
+
+use scopegate_keystore::{Access, DomainInput, KeyStore, NewKey, Role, UserInput};
+
+/// Domains of the synthetic organisation `bench`.
+pub const DOMAINS: [&str; 8] = [
+    "example.com",
+    "staging.example.com",
+    "client-a.com",
+    "client-b.com",
+    "mail.client-b.com",
+    "news.example.com",
+    "eu.example.com",
+    "us.example.com",
+];
+
+/// Users: one owner, one admin, the rest members with read_write on two
+/// domains and read on one.
+pub const USERS: usize = 200;
+
+/// Keys created, in creation order, with the domain each can write.
+pub struct Population {
+    /// Issued secrets.
+    pub secrets: Vec<String>,
+    /// Public key ids (parallel to `secrets`).
+    pub ids: Vec<String>,
+    /// A domain each secret can write (parallel to `secrets`).
+    pub writable: Vec<&'static str>,
+}
+
+fn user_id(i: usize) -> String {
+    format!("user{i}@example.com")
+}
+
+/// Fills `ks` with organisation `bench` and `n` keys, created in batches of
+/// 50k so a million keys take a few seconds.
+pub fn populate(ks: &KeyStore, n: usize) -> Population {
+    let org = "bench";
+    let domains: Vec<DomainInput> = DOMAINS
+        .iter()
+        .enumerate()
+        .map(|(i, d)| DomainInput {
+            name: d.to_string(),
+            id: Some(1000 + i as u64),
+        })
+        .collect();
+    ks.put_org("bench", org, &domains).expect("org");
+    for i in 0..USERS {
+        let role = match i {
+            0 => Role::Owner,
+            1 => Role::Admin,
+            _ => Role::Member,
+        };
+        let mut access = std::collections::BTreeMap::new();
+        if role == Role::Member {
+            access.insert(DOMAINS[i % 8].to_string(), Access::ReadWrite);
+            access.insert(DOMAINS[(i + 1) % 8].to_string(), Access::ReadWrite);
+            access.insert(DOMAINS[(i + 2) % 8].to_string(), Access::Read);
+        }
+        ks.put_user(
+            "bench",
+            org,
+            &user_id(i),
+            UserInput {
+                role,
+                access,
+                status: None,
+            },
+        )
+        .expect("user");
+    }
+    let now = scopegate_keystore::time::now();
+    let mut secrets = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut writable = Vec::with_capacity(n);
+    let mut made = 0;
+    while made < n {
+        let batch = (n - made).min(50_000);
+        let keys: Vec<NewKey> = (made..made + batch)
+            .map(|k| {
+                let u = 2 + k % (USERS - 2);
+                NewKey {
+                    user: user_id(u),
+                    domains: Some(vec![DOMAINS[u % 8].to_string()]),
+                    ..NewKey::default()
+                }
+            })
+            .collect();
+        for (k, c) in (made..).zip(ks.create_keys("bench", org, keys, now).expect("keys").value) {
+            secrets.push(c.secret);
+            ids.push(c.meta.id);
+            writable.push(DOMAINS[(2 + k % (USERS - 2)) % 8]);
+        }
+        made += batch;
+    }
+    Population {
+        secrets,
+        ids,
+        writable,
+    }
+}
