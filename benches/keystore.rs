@@ -14,9 +14,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use scopegate_keystore::{
-    secret, Access, DomainRef, KeyStore, Pepper, Target, UserInput,
-};
+use scopegate_keystore::{secret, Access, DomainRef, KeyStore, Pepper, Target, UserInput};
 use scopegate_suite::population::{populate, Population};
 
 const PEPPER: &[u8] = b"bench-pepper-0123456789abcdef";
@@ -50,7 +48,13 @@ fn shuffled(n: usize) -> Vec<usize> {
 
 fn bench_checks(c: &mut Criterion, label: &str, ks: &KeyStore, pop: &Population) {
     let now = scopegate_keystore::time::now();
-    let order = shuffled(pop.secrets.len());
+    // Keys in a random order of the population, but laid out one after the
+    // other, as a request's key arrives in a fresh, cache-hot buffer: the
+    // misses measured are the table's, not the benchmark's.
+    let hits: Vec<(String, &str)> = shuffled(pop.secrets.len())
+        .into_iter()
+        .map(|k| (pop.secrets[k].clone(), pop.writable[k]))
+        .collect();
     let misses: Vec<String> = (0..1024).map(|_| secret::generate()).collect();
     let malformed: Vec<String> = misses
         .iter()
@@ -65,23 +69,33 @@ fn bench_checks(c: &mut Criterion, label: &str, ks: &KeyStore, pop: &Population)
     g.bench_function(BenchmarkId::new(label, "hit"), |b| {
         let mut i = 0;
         b.iter(|| {
-            let k = order[i % order.len()];
+            let (secret, domain) = &hits[i % hits.len()];
             i += 1;
-            assert!(check(ks, black_box(&pop.secrets[k]), pop.writable[k], now));
+            assert!(check(ks, black_box(secret), domain, now));
         })
     });
     g.bench_function(BenchmarkId::new(label, "miss"), |b| {
         let mut i = 0;
         b.iter(|| {
             i += 1;
-            assert!(!check(ks, black_box(&misses[i % misses.len()]), "example.com", now));
+            assert!(!check(
+                ks,
+                black_box(&misses[i % misses.len()]),
+                "example.com",
+                now
+            ));
         })
     });
     g.bench_function(BenchmarkId::new(label, "malformed"), |b| {
         let mut i = 0;
         b.iter(|| {
             i += 1;
-            assert!(!check(ks, black_box(&malformed[i % malformed.len()]), "example.com", now));
+            assert!(!check(
+                ks,
+                black_box(&malformed[i % malformed.len()]),
+                "example.com",
+                now
+            ));
         })
     });
     g.finish();
@@ -130,7 +144,11 @@ fn million(c: &mut Criterion) {
         let mut flip = false;
         b.iter(|| {
             flip = !flip;
-            let level = if flip { Access::Read } else { Access::ReadWrite };
+            let level = if flip {
+                Access::Read
+            } else {
+                Access::ReadWrite
+            };
             let access = [("example.com".to_string(), level)].into_iter().collect();
             ks.put_user(
                 "bench",

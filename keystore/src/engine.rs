@@ -182,11 +182,20 @@ pub struct KeyStore {
     pepper: Pepper,
     /// What readers load; replaced whole by the writer.
     current: ArcSwap<Snapshot>,
-    /// The store, behind the single-writer lock.
-    writer: Mutex<Box<dyn Store>>,
+    /// The store and the interner, behind the single-writer lock.
+    writer: Mutex<Writer>,
 }
 
-fn lock(m: &Mutex<Box<dyn Store>>) -> MutexGuard<'_, Box<dyn Store>> {
+/// What only the writer touches.
+struct Writer {
+    /// Durable storage.
+    store: Box<dyn Store>,
+    /// Domain and name interner shared by every snapshot version, so names
+    /// compare by pointer on the hot path.
+    intern: Interner,
+}
+
+fn lock(m: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
     // A panic in another writer cannot leave the store half-written (SQLite
     // rolls back), so a poisoned lock is safe to keep using.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -222,9 +231,11 @@ fn canonical_user_id(user: &str) -> Result<String, Error> {
         && user.contains('@')
         && !user.starts_with('@')
         && !user.ends_with('@')
-        && user
-            .chars()
-            .all(|c| !c.is_whitespace() && !c.is_control() && !matches!(c, '/' | '\\' | ',' | '"' | '<' | '>'));
+        && user.chars().all(|c| {
+            !c.is_whitespace()
+                && !c.is_control()
+                && !matches!(c, '/' | '\\' | ',' | '"' | '<' | '>')
+        });
     if ok {
         Ok(user.to_lowercase())
     } else {
@@ -243,11 +254,12 @@ impl KeyStore {
     /// Opens a store, checks the pepper against it and builds the first snapshot.
     pub fn open(mut store: Box<dyn Store>, pepper: Pepper) -> Result<KeyStore, Error> {
         store.check_pepper(&pepper.fingerprint())?;
-        let snapshot = load(store.as_mut())?;
+        let mut intern = Interner::default();
+        let snapshot = load(store.as_mut(), &mut intern)?;
         Ok(KeyStore {
             pepper,
             current: ArcSwap::from_pointee(snapshot),
-            writer: Mutex::new(store),
+            writer: Mutex::new(Writer { store, intern }),
         })
     }
 
@@ -293,8 +305,8 @@ impl KeyStore {
             p.authorize(target)?;
             Ok(Identity {
                 key_id: p.key.id.to_string(),
-                org: p.key.creator.org.to_string(),
-                user: p.key.creator.user.to_string(),
+                org: p.user.org.to_string(),
+                user: p.user.id.to_string(),
                 role: p.role(),
                 scope: p.scope_header(),
             })
@@ -324,7 +336,8 @@ impl KeyStore {
         plan: impl FnOnce(&Snapshot, &mut dyn Store) -> Result<Option<(Change, T)>, Error>,
         unchanged: impl FnOnce() -> T,
     ) -> Result<Applied<T>, Error> {
-        let mut store = lock(&self.writer);
+        let mut guard = lock(&self.writer);
+        let Writer { store, intern } = &mut *guard;
         let cur = self.current.load_full();
         let Some((change, value)) = plan(&cur, store.as_mut())? else {
             return Ok(Applied {
@@ -335,7 +348,7 @@ impl KeyStore {
         let at_ms = now_ms();
         let version = store.commit(&change, &Audit { actor, at_ms })?;
         let mut next = (*cur).clone();
-        apply(&mut next, &change);
+        apply(&mut next, &change, intern);
         next.version = version;
         next.changed_at_ms = at_ms;
         self.current.store(Arc::new(next));
@@ -363,7 +376,10 @@ impl KeyStore {
             if d.id.is_some() && list.iter().any(|x| x.id == d.id) {
                 return Err(Error::invalid(
                     "duplicate_domain_id",
-                    format!("numeric domain id {} is used twice", d.id.unwrap_or_default()),
+                    format!(
+                        "numeric domain id {} is used twice",
+                        d.id.unwrap_or_default()
+                    ),
                 ));
             }
             list.push(Domain { name, id: d.id });
@@ -372,13 +388,14 @@ impl KeyStore {
         self.write(
             actor,
             |snap, _| {
-                let created = snap.orgs.get(org).is_none();
+                let existing = snap.org(org).map(|o| o.uid);
                 Ok(Some((
                     Change::PutOrg {
                         org: org.to_string(),
+                        uid: existing.unwrap_or(snap.version + 1),
                         domains: list,
                     },
-                    created,
+                    existing.is_none(),
                 )))
             },
             || false,
@@ -410,7 +427,7 @@ impl KeyStore {
         self.write(
             actor,
             |snap, store| {
-                let org_entry = snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+                let org_entry = snap.org(org).ok_or_else(|| org_missing(org))?;
                 for d in access.keys() {
                     if !org_entry.domains.contains_key(d.as_str()) {
                         return Err(Error::rule(
@@ -419,8 +436,7 @@ impl KeyStore {
                         ));
                     }
                 }
-                let key = user_key(org, &user);
-                let existing = snap.users.get(&key);
+                let existing = snap.user(org, &user);
                 let status = input
                     .status
                     .or(existing.map(|u| u.status))
@@ -431,21 +447,13 @@ impl KeyStore {
                         last_owner_check(snap, org, &user)?;
                     }
                 }
-                let next_epoch = snap.version + 1;
-                let epoch = match existing {
-                    None => next_epoch,
-                    Some(u) if u.status == Status::Active && status == Status::Deactivated => {
-                        next_epoch
-                    }
-                    Some(u) => u.epoch,
-                };
                 let record = UserRecord {
                     org: org.to_string(),
                     id: user.clone(),
                     role: input.role,
                     status,
                     access,
-                    epoch,
+                    uid: existing.map_or(snap.version + 1, |u| u.uid),
                 };
                 let change = if existing.is_some_and(|u| u.status == Status::Active)
                     && status == Status::Deactivated
@@ -466,15 +474,19 @@ impl KeyStore {
 
     /// Deactivates a user: every key they created stops on the next request
     /// and stays revoked. Deactivating an inactive user changes nothing.
-    pub fn deactivate_user(&self, actor: &str, org: &str, user: &str) -> Result<Applied<()>, Error> {
+    pub fn deactivate_user(
+        &self,
+        actor: &str,
+        org: &str,
+        user: &str,
+    ) -> Result<Applied<()>, Error> {
         let user = canonical_user_id(user)?;
         self.write(
             actor,
             |snap, store| {
-                snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+                snap.org(org).ok_or_else(|| org_missing(org))?;
                 let u = snap
-                    .users
-                    .get(&user_key(org, &user))
+                    .user(org, &user)
                     .ok_or_else(|| user_missing(org, &user))?;
                 if u.status == Status::Deactivated {
                     return Ok(None);
@@ -488,7 +500,7 @@ impl KeyStore {
                     role: u.role,
                     status: Status::Deactivated,
                     access: u.access.iter().map(|(d, a)| (d.to_string(), *a)).collect(),
-                    epoch: snap.version + 1,
+                    uid: u.uid,
                 };
                 Ok(Some((
                     Change::DeactivateUser {
@@ -509,10 +521,9 @@ impl KeyStore {
         self.write(
             actor,
             |snap, store| {
-                snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+                snap.org(org).ok_or_else(|| org_missing(org))?;
                 let u = snap
-                    .users
-                    .get(&user_key(org, &user))
+                    .user(org, &user)
                     .ok_or_else(|| user_missing(org, &user))?;
                 if u.role == Role::Owner && u.status == Status::Active {
                     last_owner_check(snap, org, &user)?;
@@ -554,9 +565,16 @@ impl KeyStore {
         keys: Vec<NewKey>,
         now: i64,
     ) -> Result<Applied<Vec<CreatedKey>>, Error> {
+        if keys.is_empty() {
+            if self.snapshot().org(org).is_none() {
+                return Err(org_missing(org));
+            }
+            return Err(Error::invalid("no_keys", "no keys to create"));
+        }
         self.write(
             actor,
             |snap, _| {
+                snap.org(org).ok_or_else(|| org_missing(org))?;
                 let mut records = Vec::with_capacity(keys.len());
                 let mut created = Vec::with_capacity(keys.len());
                 let mut seen = hashbrown::HashSet::new();
@@ -613,18 +631,25 @@ impl KeyStore {
     /// Metadata of one key.
     pub fn get_key(&self, id: &str, now: i64) -> Result<KeyMeta, Error> {
         lock(&self.writer)
+            .store
             .get_key(id)?
             .map(|k| k.meta(now))
             .ok_or_else(|| key_missing(id))
     }
 
     /// Metadata of an organisation's keys, optionally one user's.
-    pub fn list_keys(&self, org: &str, user: Option<&str>, now: i64) -> Result<Vec<KeyMeta>, Error> {
-        if self.snapshot().orgs.get(org).is_none() {
+    pub fn list_keys(
+        &self,
+        org: &str,
+        user: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<KeyMeta>, Error> {
+        if self.snapshot().org(org).is_none() {
             return Err(org_missing(org));
         }
         let user = user.map(canonical_user_id).transpose()?;
         Ok(lock(&self.writer)
+            .store
             .list_keys(org, user.as_deref())?
             .iter()
             .map(|k| k.meta(now))
@@ -633,16 +658,16 @@ impl KeyStore {
 
     /// Users of an organisation.
     pub fn list_users(&self, org: &str) -> Result<Vec<UserRecord>, Error> {
-        if self.snapshot().orgs.get(org).is_none() {
+        if self.snapshot().org(org).is_none() {
             return Err(org_missing(org));
         }
-        Ok(lock(&self.writer).list_users(org)?)
+        Ok(lock(&self.writer).store.list_users(org)?)
     }
 
     /// The domains of an organisation, sorted by name.
     pub fn org_domains(&self, org: &str) -> Result<Vec<Domain>, Error> {
         let snap = self.snapshot();
-        let entry = snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+        let entry = snap.org(org).ok_or_else(|| org_missing(org))?;
         let mut list: Vec<Domain> = entry
             .domains
             .iter()
@@ -697,8 +722,8 @@ fn key_missing(id: &str) -> Error {
 
 /// Refuses a change that would leave the organisation without an active owner.
 fn last_owner_check(snap: &Snapshot, org: &str, leaving: &str) -> Result<(), Error> {
-    let other_owner = snap.users.iter().any(|(k, u)| {
-        &*k.org == org && &*k.user != leaving && u.role == Role::Owner && u.status == Status::Active
+    let other_owner = snap.users.iter().any(|(_, u)| {
+        &*u.org == org && &*u.id != leaving && u.role == Role::Owner && u.status == Status::Active
     });
     if other_owner {
         Ok(())
@@ -721,11 +746,10 @@ fn plan_key(
     k: NewKey,
     now: i64,
 ) -> Result<(KeyRecord, String), Error> {
-    let org_entry = snap.orgs.get(org).ok_or_else(|| org_missing(org))?;
+    let org_entry = snap.org(org).ok_or_else(|| org_missing(org))?;
     let user = canonical_user_id(&k.user)?;
     let u = snap
-        .users
-        .get(&user_key(org, &user))
+        .user(org, &user)
         .ok_or_else(|| user_missing(org, &user))?;
     if u.status != Status::Active {
         return Err(Error::rule(
@@ -798,13 +822,13 @@ fn plan_key(
                 let mut out = Vec::with_capacity(list.len());
                 for d in list {
                     let d = canonical(&d)?;
-                    if !org_entry.domains.contains_key(d.as_str()) {
+                    let Some((name, _)) = org_entry.domains.get_key_value(d.as_str()) else {
                         return Err(Error::rule(
                             "domain_not_in_org",
                             format!("domain {d} is not a domain of organisation {org}"),
                         ));
-                    }
-                    if u.level_on(&d) != Some(Access::ReadWrite) {
+                    };
+                    if u.level_on(name) != Some(Access::ReadWrite) {
                         return Err(Error::rule(
                             "domain_not_writable",
                             format!("{user} does not have read_write access to {d}; keys can only be scoped to domains their creator can write"),
@@ -834,7 +858,7 @@ fn plan_key(
         digest: pepper.digest(&secret),
         org: org.to_string(),
         user,
-        user_epoch: u.epoch,
+        user_uid: u.uid,
         scope,
         expires_at: k.expires_at,
         name: k.name,
@@ -845,48 +869,50 @@ fn plan_key(
 }
 
 /// Builds a snapshot from the whole store.
-fn load(store: &mut dyn Store) -> Result<Snapshot, Error> {
+fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error> {
     let (version, changed_at_ms) = store.version()?;
-    let mut intern = Interner::default();
-    let orgs = store
-        .load_orgs()?
-        .into_iter()
-        .map(|(id, domains)| (intern.get(&id), Arc::new(org_entry(&domains, &mut intern))))
-        .collect::<Vec<_>>();
-    let mut creators: hashbrown::HashMap<UserKey, Arc<UserKey>> = hashbrown::HashMap::new();
-    let users = store
-        .load_users()?
-        .into_iter()
-        .map(|u| {
-            let key = UserKey {
-                org: intern.get(&u.org),
-                user: intern.get(&u.id),
-            };
-            creators.insert(key.clone(), Arc::new(key.clone()));
-            (key, Arc::new(user_entry(&u, &mut intern)))
-        })
-        .collect::<Vec<_>>();
+    let mut org_ids = Vec::new();
+    let mut orgs = Vec::new();
+    for (id, uid, domains) in store.load_orgs()? {
+        org_ids.push((intern.get(&id), uid));
+        orgs.push((uid, Arc::new(org_entry(uid, &id, &domains, intern))));
+    }
+    let org_uid: hashbrown::HashMap<Arc<str>, u64> = org_ids.iter().cloned().collect();
+    let mut user_ids = Vec::new();
+    let mut users = Vec::new();
+    for u in store.load_users()? {
+        let Some(&ou) = org_uid.get(u.org.as_str()) else {
+            return Err(StoreError::Incompatible(format!(
+                "user {} belongs to missing organisation {}",
+                u.id, u.org
+            ))
+            .into());
+        };
+        let entry = user_entry(&u, ou, intern);
+        user_ids.push((
+            UserKey {
+                org: Arc::clone(&entry.org),
+                user: Arc::clone(&entry.id),
+            },
+            u.uid,
+        ));
+        users.push((u.uid, Arc::new(entry)));
+    }
     let mut keys = Vec::new();
     let mut live = 0;
     store.for_each_key(&mut |k| {
-        let uk = UserKey {
-            org: intern.get(&k.org),
-            user: intern.get(&k.user),
-        };
-        let creator = creators
-            .entry(uk.clone())
-            .or_insert_with(|| Arc::new(uk))
-            .clone();
         if k.revoked_at.is_none() {
             live += 1;
         }
-        keys.push((k.digest, key_entry(&k, creator, &mut intern)));
+        keys.push((k.digest, key_entry(&k, intern)));
     })?;
     Ok(Snapshot {
         version,
         changed_at_ms,
         orgs: crate::ShardMap::from_entries(orgs),
+        org_ids: crate::ShardMap::from_entries(org_ids),
         users: crate::ShardMap::from_entries(users),
+        user_ids: crate::ShardMap::from_entries(user_ids),
         keys: crate::ShardMap::from_entries(keys),
         live_keys: live,
     })
@@ -894,40 +920,54 @@ fn load(store: &mut dyn Store) -> Result<Snapshot, Error> {
 
 /// Applies a committed change to a snapshot copy. Copies only the shards the
 /// change touches.
-fn apply(snap: &mut Snapshot, change: &Change) {
-    let mut intern = Interner::default();
+fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
     match change {
-        Change::PutOrg { org, domains } => {
-            snap.orgs
-                .insert(Arc::from(org.as_str()), Arc::new(org_entry(domains, &mut intern)));
+        Change::PutOrg { org, uid, domains } => {
+            let entry = org_entry(*uid, org, domains, intern);
+            snap.org_ids.insert(Arc::clone(&entry.name), *uid);
+            snap.orgs.insert(*uid, Arc::new(entry));
         }
-        Change::PutUser(u) => {
-            snap.users
-                .insert(user_key(&u.org, &u.id), Arc::new(user_entry(u, &mut intern)));
-        }
-        Change::DeactivateUser { user: u, revoke, .. } => {
-            snap.users
-                .insert(user_key(&u.org, &u.id), Arc::new(user_entry(u, &mut intern)));
+        Change::PutUser(u) => put_user_entry(snap, u, intern),
+        Change::DeactivateUser {
+            user: u, revoke, ..
+        } => {
+            put_user_entry(snap, u, intern);
             revoke_all(snap, revoke);
         }
-        Change::DeleteUser { org, user, revoke, .. } => {
-            snap.users.remove(&user_key(org, user));
+        Change::DeleteUser {
+            org, user, revoke, ..
+        } => {
+            let key = user_key(org, user);
+            if let Some(uid) = snap.user_ids.remove(&key) {
+                snap.users.remove(&uid);
+            }
             revoke_all(snap, revoke);
         }
         Change::CreateKeys(keys) => {
-            let mut creators: hashbrown::HashMap<(&str, &str), Arc<UserKey>> =
-                hashbrown::HashMap::new();
             for k in keys {
-                let creator = creators
-                    .entry((&k.org, &k.user))
-                    .or_insert_with(|| Arc::new(user_key(&k.org, &k.user)))
-                    .clone();
-                snap.keys.insert(k.digest, key_entry(k, creator, &mut intern));
+                snap.keys.insert(k.digest, key_entry(k, intern));
                 snap.live_keys += 1;
             }
         }
         Change::RevokeKey { digest, .. } => revoke_all(snap, std::slice::from_ref(digest)),
     }
+}
+
+fn put_user_entry(snap: &mut Snapshot, u: &UserRecord, intern: &mut Interner) {
+    let org_uid = snap
+        .org_ids
+        .get(u.org.as_str())
+        .copied()
+        .expect("put_user is planned against an existing organisation");
+    let entry = user_entry(u, org_uid, intern);
+    snap.user_ids.insert(
+        UserKey {
+            org: Arc::clone(&entry.org),
+            user: Arc::clone(&entry.id),
+        },
+        u.uid,
+    );
+    snap.users.insert(u.uid, Arc::new(entry));
 }
 
 /// Marks keys revoked in a snapshot copy.

@@ -30,12 +30,14 @@ pub mod store;
 pub mod time;
 
 pub use engine::{
-    Applied, Counts, CreatedKey, Decision, DomainInput, Error, ErrorKind, Identity, KeyStore, NewKey,
-    UserInput,
+    Applied, Counts, CreatedKey, Decision, DomainInput, Error, ErrorKind, Identity, KeyStore,
+    NewKey, UserInput,
 };
-pub use model::{canonical_domain, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role, Status, UserRecord};
+pub use model::{
+    canonical_domain, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role, Status, UserRecord,
+};
 pub use secret::{Digest, Pepper};
 pub use shardmap::ShardMap;
-pub use snapshot::{DomainRef, Principal, Refusal, Snapshot, Target};
+pub use snapshot::{DomainRef, KeyDomains, Principal, Refusal, Snapshot, Target};
 pub use sqlite::SqliteStore;
 pub use store::{Audit, Change, Store, StoreError};

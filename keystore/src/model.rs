@@ -156,10 +156,10 @@ pub struct UserRecord {
     pub status: Status,
     /// Per-domain access; only meaningful for members.
     pub access: BTreeMap<String, Access>,
-    /// Changes every time the user is deactivated or deleted; a key is only
-    /// honoured while it matches the epoch it was created under, so a
-    /// reactivated or re-created user never revives old keys.
-    pub epoch: u64,
+    /// Unique per incarnation of the user (the version that created it): a
+    /// user deleted and created again gets a new uid, and keys belong to a uid,
+    /// so old keys never come back.
+    pub uid: u64,
 }
 
 /// A key's declared scope, as chosen at creation.
@@ -183,8 +183,8 @@ pub struct KeyRecord {
     pub org: String,
     /// Creating user.
     pub user: String,
-    /// The creating user's epoch when the key was made.
-    pub user_epoch: u64,
+    /// The creating user's uid.
+    pub user_uid: u64,
     /// Declared scope.
     pub scope: KeyScope,
     /// Unix seconds after which the key is refused.
@@ -286,7 +286,8 @@ pub fn canonical_domain(input: &str) -> Result<String, InvalidDomain> {
             trimmed.to_owned()
         }
     } else {
-        idna::domain_to_ascii_strict(trimmed).map_err(|_| fail("not a valid internationalised name"))?
+        idna::domain_to_ascii_strict(trimmed)
+            .map_err(|_| fail("not a valid internationalised name"))?
     };
     if ascii.len() > 253 {
         return Err(fail("longer than 253 bytes"));

@@ -229,7 +229,12 @@ mod tests {
             }
         }
         for &c in BASE62 {
-            assert!(seen[c as usize] > 50, "{} seen {} times", c as char, seen[c as usize]);
+            assert!(
+                seen[c as usize] > 50,
+                "{} seen {} times",
+                c as char,
+                seen[c as usize]
+            );
         }
     }
 }

@@ -50,6 +50,40 @@ impl BuildHasher for IdentityState {
     }
 }
 
+/// The hasher for maps keyed by sequential numbers (organisation and user
+/// uids): one multiply-xorshift round spreads them over buckets, tags and shards.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct MixState;
+
+/// See [`MixState`].
+#[derive(Default)]
+pub struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        let mut x = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 32;
+        self.0 = x;
+    }
+}
+
+impl BuildHasher for MixState {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(0)
+    }
+}
+
 /// A fixed-seed general hasher for string keys (orgs, users): the shard of a
 /// key must not change between snapshot versions.
 pub type StringState = hashbrown::DefaultHashBuilder;
@@ -217,6 +251,19 @@ mod tests {
             .filter(|(x, y)| Arc::ptr_eq(x, y))
             .count();
         assert_eq!(shared, SHARDS - 1);
+    }
+
+    #[test]
+    fn sequential_numbers_spread_over_shards() {
+        let m: ShardMap<u64, (), MixState> =
+            ShardMap::from_entries((0..100_000u64).map(|i| (i, ())));
+        let used = m.shards.iter().filter(|s| !s.is_empty()).count();
+        assert_eq!(used, SHARDS);
+        let fullest = m.shards.iter().map(|s| s.len()).max().unwrap();
+        assert!(
+            fullest < 3 * 100_000 / SHARDS,
+            "fullest shard has {fullest}"
+        );
     }
 
     #[test]

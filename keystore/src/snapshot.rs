@@ -5,27 +5,30 @@
 //! and the writer builds the next version by copying only the shards it
 //! changes (see [`crate::shardmap`]).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
 
 use crate::model::{Access, KeyRecord, KeyScope, Role, Status, UserRecord};
-use crate::shardmap::{IdentityState, ShardMap};
+use crate::shardmap::{IdentityState, MixState, ShardMap};
 use crate::Digest;
 
 /// An organisation as enforcement sees it.
 #[derive(Clone, Debug, Default)]
 pub struct OrgEntry {
-    /// Canonical domain names, each mapped to its optional numeric id.
+    /// Unique, never reused: the version that created the organisation.
+    pub uid: u64,
+    /// The organisation id.
+    pub name: Arc<str>,
+    /// Canonical domain names (interned), each mapped to its optional numeric id.
     pub domains: HashMap<Arc<str>, Option<u64>>,
     /// Numeric id -> canonical name, for `/domains/12345`.
     pub domain_ids: HashMap<u64, Arc<str>>,
 }
 
 impl OrgEntry {
-    /// The canonical name of a domain of this organisation.
+    /// The canonical (interned) name of a domain of this organisation.
     #[inline]
     pub fn resolve(&self, target: DomainRef<'_>) -> Option<&Arc<str>> {
         match target {
@@ -35,32 +38,49 @@ impl OrgEntry {
     }
 }
 
+/// Compares an interned name with another: pointer first, bytes only when
+/// the lengths match but the pointers differ.
+#[inline]
+fn same_name(a: &Arc<str>, b: &Arc<str>) -> bool {
+    a.len() == b.len() && (Arc::ptr_eq(a, b) || a == b)
+}
+
 /// A user as enforcement sees it.
 #[derive(Clone, Debug)]
 pub struct UserEntry {
+    /// Unique per incarnation: the version that created the user. A user
+    /// deleted and created again gets a new uid, so old keys stay dead.
+    pub uid: u64,
+    /// The organisation's uid.
+    pub org_uid: u64,
+    /// Organisation id, for identity headers.
+    pub org: Arc<str>,
+    /// User id, for identity headers.
+    pub id: Arc<str>,
     /// Owner, admin or member, now.
     pub role: Role,
     /// Active or deactivated, now.
     pub status: Status,
-    /// Member access, now (ignored for owners and admins).
-    pub access: BTreeMap<Arc<str>, Access>,
-    /// See [`UserRecord::epoch`].
-    pub epoch: u64,
+    /// Member access, now, sorted by name (ignored for owners and admins).
+    pub access: Box<[(Arc<str>, Access)]>,
 }
 
 impl UserEntry {
-    /// The user's own level on a domain of their organisation, now.
+    /// The user's own level on an (interned) domain of their organisation, now.
     #[inline]
-    pub fn level_on(&self, domain: &str) -> Option<Access> {
+    pub fn level_on(&self, domain: &Arc<str>) -> Option<Access> {
         if self.role.is_org_admin() {
             Some(Access::ReadWrite)
         } else {
-            self.access.get(domain).copied()
+            self.access
+                .iter()
+                .find(|(d, _)| same_name(d, domain))
+                .map(|(_, a)| *a)
         }
     }
 }
 
-/// Which user created a key: the key into [`Snapshot::users`].
+/// Which user a name refers to: the key into [`Snapshot::user_ids`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct UserKey {
     /// Organisation id.
@@ -69,20 +89,28 @@ pub struct UserKey {
     pub user: Arc<str>,
 }
 
-/// A key's declared domains and levels, shared between snapshot versions.
-pub type DomainScope = Arc<[(Arc<str>, Access)]>;
+/// A key's declared domains. Most keys name one domain: that case is held
+/// inline, so a check reads no memory beyond the table entry (the name is
+/// interned and compared by pointer).
+#[derive(Clone, Debug)]
+pub enum KeyDomains {
+    /// Org-wide: every domain of the organisation.
+    All,
+    /// One domain at one level.
+    One(Arc<str>, Access),
+    /// Several domains, sorted by name.
+    Many(Arc<[(Arc<str>, Access)]>),
+}
 
 /// A key as enforcement sees it: small, because there may be millions.
 #[derive(Clone, Debug)]
 pub struct KeyEntry {
     /// Public id.
     pub id: Arc<str>,
-    /// Creating user.
-    pub creator: Arc<UserKey>,
-    /// The creator's epoch when the key was made.
-    pub user_epoch: u64,
-    /// `None` for org-wide keys, else the declared domains and levels.
-    pub domains: Option<DomainScope>,
+    /// The creating user's uid.
+    pub user_uid: u64,
+    /// The declared domains (interned) and levels.
+    pub domains: KeyDomains,
     /// Unix seconds; `i64::MAX` when the key never expires.
     pub expires_at: i64,
     /// Revoked keys stay in the table so metrics can tell "revoked" from "unknown".
@@ -90,14 +118,15 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
-    /// The declared level on a canonical domain name.
+    /// The declared level on an interned canonical domain name.
     #[inline]
-    fn declared(&self, domain: &str) -> Option<Access> {
+    fn declared(&self, domain: &Arc<str>) -> Option<Access> {
         match &self.domains {
-            None => Some(Access::ReadWrite),
-            Some(list) => list
+            KeyDomains::All => Some(Access::ReadWrite),
+            KeyDomains::One(d, a) => same_name(d, domain).then_some(*a),
+            KeyDomains::Many(list) => list
                 .iter()
-                .find(|(d, _)| &**d == domain)
+                .find(|(d, _)| same_name(d, domain))
                 .map(|(_, a)| *a),
         }
     }
@@ -200,10 +229,14 @@ pub struct Snapshot {
     pub version: u64,
     /// Unix milliseconds of the change that produced this version.
     pub changed_at_ms: i64,
-    /// Organisations by id.
-    pub orgs: ShardMap<Arc<str>, Arc<OrgEntry>>,
-    /// Users by (org, user).
-    pub users: ShardMap<UserKey, Arc<UserEntry>>,
+    /// Organisations by uid (the hot path).
+    pub orgs: ShardMap<u64, Arc<OrgEntry>, MixState>,
+    /// Organisation id -> uid (the admin path).
+    pub org_ids: ShardMap<Arc<str>, u64>,
+    /// Users by uid (the hot path).
+    pub users: ShardMap<u64, Arc<UserEntry>, MixState>,
+    /// (organisation, user id) -> uid (the admin path).
+    pub user_ids: ShardMap<UserKey, u64>,
     /// Keys by digest, revoked ones included.
     pub keys: ShardMap<Digest, KeyEntry, IdentityState>,
     /// Keys not revoked (expired ones included).
@@ -240,7 +273,9 @@ impl Snapshot {
             version: 0,
             changed_at_ms: 0,
             orgs: ShardMap::new(),
+            org_ids: ShardMap::new(),
             users: ShardMap::new(),
+            user_ids: ShardMap::new(),
             keys: ShardMap::new(),
             live_keys: 0,
         }
@@ -259,19 +294,28 @@ impl Snapshot {
         }
         let user = self
             .users
-            .get(&*key.creator)
-            .filter(|u| u.status == Status::Active && u.epoch == key.user_epoch)
+            .get(&key.user_uid)
+            .filter(|u| u.status == Status::Active)
             .ok_or(Refusal::CreatorInactive)?;
         let org = self
             .orgs
-            .get(&key.creator.org)
+            .get(&user.org_uid)
             .ok_or(Refusal::CreatorInactive)?;
         Ok(Principal { key, user, org })
     }
 
-    /// Number of organisations.
-    pub fn org_count(&self) -> usize {
-        self.orgs.len()
+    /// An organisation by id.
+    pub fn org(&self, org: &str) -> Option<&Arc<OrgEntry>> {
+        self.orgs.get(self.org_ids.get(org)?)
+    }
+
+    /// A user by organisation and id.
+    pub fn user(&self, org: &str, user: &str) -> Option<&Arc<UserEntry>> {
+        let k = UserKey {
+            org: Arc::from(org),
+            user: Arc::from(user),
+        };
+        self.users.get(self.user_ids.get(&k)?)
     }
 }
 
@@ -280,13 +324,13 @@ impl<'s> Principal<'s> {
     /// still an owner or admin.
     #[inline]
     pub fn is_org_wide(&self) -> bool {
-        self.key.domains.is_none() && self.user.role.is_org_admin()
+        matches!(self.key.domains, KeyDomains::All) && self.user.role.is_org_admin()
     }
 
-    /// Effective level on a canonical domain of the organisation:
+    /// Effective level on an (interned) canonical domain of the organisation:
     /// min(key scope, creator's level now). `None` = not visible.
     #[inline]
-    pub fn level_on(&self, domain: &str) -> Option<Access> {
+    pub fn level_on(&self, domain: &Arc<str>) -> Option<Access> {
         let declared = self.key.declared(domain)?;
         let own = self.user.level_on(domain)?;
         Some(declared.min(own))
@@ -339,21 +383,20 @@ impl<'s> Principal<'s> {
             }
             let _ = write!(out, "{d}={}", a.as_str());
         };
-        match &self.key.domains {
-            Some(list) => {
-                let mut list: Vec<_> = list.iter().collect();
-                list.sort();
-                for (d, _) in list {
-                    if self.org.domains.contains_key(d) {
-                        if let Some(a) = self.level_on(d) {
-                            push(d, a);
-                        }
-                    }
+        let mut each = |d: &Arc<str>| {
+            if let Some((d, _)) = self.org.domains.get_key_value(d) {
+                if let Some(a) = self.level_on(d) {
+                    push(d, a);
                 }
             }
+        };
+        match &self.key.domains {
+            KeyDomains::One(d, _) => each(d),
+            // Sorted at creation.
+            KeyDomains::Many(list) => list.iter().for_each(|(d, _)| each(d)),
             // An org-wide key whose creator was demoted to member: what the member has.
-            None => {
-                for (d, a) in &self.user.access {
+            KeyDomains::All => {
+                for (d, a) in self.user.access.iter() {
                     if self.org.domains.contains_key(d) {
                         push(d, *a);
                     }
@@ -365,7 +408,8 @@ impl<'s> Principal<'s> {
 }
 
 /// Interns strings while building snapshot entries, so a million keys of a few
-/// thousand users share their org, user and domain names.
+/// thousand users share their domain names, and domain comparisons on the hot
+/// path are mostly pointer comparisons. The writer keeps one for its lifetime.
 #[derive(Default)]
 pub(crate) struct Interner {
     strings: HashMap<Arc<str>, ()>,
@@ -383,38 +427,51 @@ impl Interner {
 }
 
 /// Builds the enforcement entry for a user record.
-pub(crate) fn user_entry(u: &UserRecord, intern: &mut Interner) -> UserEntry {
+pub(crate) fn user_entry(u: &UserRecord, org_uid: u64, intern: &mut Interner) -> UserEntry {
     UserEntry {
+        uid: u.uid,
+        org_uid,
+        org: intern.get(&u.org),
+        id: intern.get(&u.id),
         role: u.role,
         status: u.status,
         access: u.access.iter().map(|(d, a)| (intern.get(d), *a)).collect(),
-        epoch: u.epoch,
     }
 }
 
-/// Builds the enforcement entry for a key record, reusing the creator's
-/// shared `UserKey` when one is at hand.
-pub(crate) fn key_entry(
-    k: &KeyRecord,
-    creator: Arc<UserKey>,
-    intern: &mut Interner,
-) -> KeyEntry {
+/// Builds the enforcement entry for a key record.
+pub(crate) fn key_entry(k: &KeyRecord, intern: &mut Interner) -> KeyEntry {
     KeyEntry {
         id: Arc::from(k.id.as_str()),
-        creator,
-        user_epoch: k.user_epoch,
+        user_uid: k.user_uid,
         domains: match &k.scope {
-            KeyScope::OrgWide => None,
-            KeyScope::Domains(d) => Some(d.iter().map(|(n, a)| (intern.get(n), *a)).collect()),
+            KeyScope::OrgWide => KeyDomains::All,
+            KeyScope::Domains(d) if d.len() == 1 => {
+                let (n, a) = d.iter().next().expect("one entry");
+                KeyDomains::One(intern.get(n), *a)
+            }
+            // BTreeMap iteration is sorted, which scope_header relies on.
+            KeyScope::Domains(d) => {
+                KeyDomains::Many(d.iter().map(|(n, a)| (intern.get(n), *a)).collect())
+            }
         },
         expires_at: k.expires_at.unwrap_or(i64::MAX),
         revoked: k.revoked_at.is_some(),
     }
 }
 
-/// Builds the enforcement entry for an organisation's domain list.
-pub(crate) fn org_entry(domains: &[crate::Domain], intern: &mut Interner) -> OrgEntry {
-    let mut org = OrgEntry::default();
+/// Builds the enforcement entry for an organisation.
+pub(crate) fn org_entry(
+    uid: u64,
+    name: &str,
+    domains: &[crate::Domain],
+    intern: &mut Interner,
+) -> OrgEntry {
+    let mut org = OrgEntry {
+        uid,
+        name: intern.get(name),
+        ..OrgEntry::default()
+    };
     for d in domains {
         let name = intern.get(&d.name);
         if let Some(id) = d.id {

@@ -15,7 +15,7 @@ use crate::Digest;
 const MIGRATIONS: &[&str] = &[
     // 1: the access model and the change log.
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-     CREATE TABLE orgs (id TEXT PRIMARY KEY);
+     CREATE TABLE orgs (id TEXT PRIMARY KEY, uid INTEGER NOT NULL);
      CREATE TABLE domains (
          org TEXT NOT NULL REFERENCES orgs(id),
          name TEXT NOT NULL,
@@ -27,14 +27,14 @@ const MIGRATIONS: &[&str] = &[
          role TEXT NOT NULL,
          status TEXT NOT NULL,
          access TEXT NOT NULL,
-         epoch INTEGER NOT NULL,
+         uid INTEGER NOT NULL,
          PRIMARY KEY (org, id));
      CREATE TABLE keys (
          id TEXT PRIMARY KEY,
          digest BLOB NOT NULL UNIQUE,
          org TEXT NOT NULL REFERENCES orgs(id),
          user TEXT NOT NULL,
-         user_epoch INTEGER NOT NULL,
+         user_uid INTEGER NOT NULL,
          org_wide INTEGER NOT NULL,
          domains TEXT NOT NULL,
          expires_at INTEGER,
@@ -73,8 +73,10 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
@@ -125,7 +127,7 @@ fn parse<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, StoreError
 }
 
 const KEY_COLUMNS: &str =
-    "id, digest, org, user, user_epoch, org_wide, domains, expires_at, name, created_at, revoked_at";
+    "id, digest, org, user, user_uid, org_wide, domains, expires_at, name, created_at, revoked_at";
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
     let digest: Vec<u8> = row.get(1)?;
@@ -149,7 +151,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>
             digest,
             org: row.get(2)?,
             user: row.get(3)?,
-            user_epoch: row.get::<_, i64>(4)? as u64,
+            user_uid: row.get::<_, i64>(4)? as u64,
             scope,
             expires_at: row.get(7)?,
             name: row.get(8)?,
@@ -165,7 +167,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<UserRecord, StoreErro
     let role: String = row.get(2)?;
     let status: String = row.get(3)?;
     let access: String = row.get(4)?;
-    let epoch: i64 = row.get(5)?;
+    let uid: i64 = row.get(5)?;
     Ok((|| {
         Ok(UserRecord {
             org,
@@ -173,22 +175,22 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<UserRecord, StoreErro
             role: parse::<Role>(&role)?,
             status: parse::<Status>(&status)?,
             access: parse_access(&access)?,
-            epoch: epoch as u64,
+            uid: uid as u64,
         })
     })())
 }
 
 fn put_user(tx: &rusqlite::Transaction<'_>, u: &UserRecord) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO users (org, id, role, status, access, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (org, id) DO UPDATE SET role = ?3, status = ?4, access = ?5, epoch = ?6",
+        "INSERT INTO users (org, id, role, status, access, uid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (org, id) DO UPDATE SET role = ?3, status = ?4, access = ?5, uid = ?6",
         params![
             u.org,
             u.id,
             u.role.as_str(),
             u.status.as_str(),
             access_json(&u.access),
-            u.epoch as i64
+            u.uid as i64
         ],
     )?;
     Ok(())
@@ -243,11 +245,15 @@ impl Store for SqliteStore {
             .map_err(db)
     }
 
-    fn load_orgs(&mut self) -> Result<Vec<(String, Vec<Domain>)>, StoreError> {
-        let mut orgs: BTreeMap<String, Vec<Domain>> = BTreeMap::new();
-        let mut stmt = self.conn.prepare("SELECT id FROM orgs").map_err(db)?;
-        for id in stmt.query_map([], |r| r.get::<_, String>(0)).map_err(db)? {
-            orgs.insert(id.map_err(db)?, Vec::new());
+    fn load_orgs(&mut self) -> Result<Vec<(String, u64, Vec<Domain>)>, StoreError> {
+        let mut orgs: BTreeMap<String, (u64, Vec<Domain>)> = BTreeMap::new();
+        let mut stmt = self.conn.prepare("SELECT id, uid FROM orgs").map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db)?;
+        for row in rows {
+            let (id, uid) = row.map_err(db)?;
+            orgs.insert(id, (uid as u64, Vec::new()));
         }
         let mut stmt = self
             .conn
@@ -266,15 +272,20 @@ impl Store for SqliteStore {
             .map_err(db)?;
         for row in rows {
             let (org, d) = row.map_err(db)?;
-            orgs.entry(org).or_default().push(d);
+            if let Some((_, list)) = orgs.get_mut(&org) {
+                list.push(d);
+            }
         }
-        Ok(orgs.into_iter().collect())
+        Ok(orgs
+            .into_iter()
+            .map(|(id, (uid, d))| (id, uid, d))
+            .collect())
     }
 
     fn load_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT org, id, role, status, access, epoch FROM users")
+            .prepare("SELECT org, id, role, status, access, uid FROM users")
             .map_err(db)?;
         let rows = stmt.query_map([], user_from_row).map_err(db)?;
         rows.map(|r| r.map_err(db)?).collect()
@@ -295,9 +306,12 @@ impl Store for SqliteStore {
     fn commit(&mut self, change: &Change, audit: &Audit<'_>) -> Result<u64, StoreError> {
         let tx = self.conn.transaction().map_err(db)?;
         match change {
-            Change::PutOrg { org, domains } => {
-                tx.execute("INSERT OR IGNORE INTO orgs (id) VALUES (?1)", [org])
-                    .map_err(db)?;
+            Change::PutOrg { org, uid, domains } => {
+                tx.execute(
+                    "INSERT OR IGNORE INTO orgs (id, uid) VALUES (?1, ?2)",
+                    params![org, *uid as i64],
+                )
+                .map_err(db)?;
                 tx.execute("DELETE FROM domains WHERE org = ?1", [org])
                     .map_err(db)?;
                 let mut stmt = tx
@@ -337,7 +351,7 @@ impl Store for SqliteStore {
                         &k.digest.0[..],
                         k.org,
                         k.user,
-                        k.user_epoch as i64,
+                        k.user_uid as i64,
                         org_wide,
                         domains,
                         k.expires_at,
@@ -396,7 +410,9 @@ impl Store for SqliteStore {
     fn list_users(&mut self, org: &str) -> Result<Vec<UserRecord>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT org, id, role, status, access, epoch FROM users WHERE org = ?1 ORDER BY id")
+            .prepare(
+                "SELECT org, id, role, status, access, uid FROM users WHERE org = ?1 ORDER BY id",
+            )
             .map_err(db)?;
         let rows = stmt.query_map([org], user_from_row).map_err(db)?;
         rows.map(|r| r.map_err(db)?).collect()

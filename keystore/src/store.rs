@@ -29,14 +29,16 @@ pub enum Change {
     PutOrg {
         /// Organisation id.
         org: String,
+        /// Its uid (kept from creation when the organisation exists).
+        uid: u64,
         /// The complete new domain list.
         domains: Vec<Domain>,
     },
-    /// Create or replace a user (role, status, access, epoch).
+    /// Create or replace a user (role, status, access).
     PutUser(UserRecord),
     /// Deactivate a user and revoke every key they created.
     DeactivateUser {
-        /// The user record with status deactivated and its new epoch.
+        /// The user record with status deactivated.
         user: UserRecord,
         /// Unix seconds, recorded as the keys' revocation time.
         at: i64,
@@ -113,8 +115,8 @@ pub trait Store: Send {
     fn check_pepper(&mut self, fingerprint: &str) -> Result<(), StoreError>;
     /// The current version and the time of the change that made it (Unix ms).
     fn version(&mut self) -> Result<(u64, i64), StoreError>;
-    /// Every organisation with its domains.
-    fn load_orgs(&mut self) -> Result<Vec<(String, Vec<Domain>)>, StoreError>;
+    /// (id, uid, domains) of every organisation.
+    fn load_orgs(&mut self) -> Result<Vec<(String, u64, Vec<Domain>)>, StoreError>;
     /// Every user.
     fn load_users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
     /// Every key, streamed, so loading a million keys holds one record at a time.
