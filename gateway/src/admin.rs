@@ -1,0 +1,717 @@
+//! The admin API on its own listener: organisations, users, keys, status,
+//! reload; plus `/metrics`, `/healthz` and `/readyz` for operators.
+//!
+//! Every `/v1` call needs `Authorization: Bearer <token>`, compared in
+//! constant time; with no token configured `/v1` is refused, never open. A
+//! 2xx from a change means it is committed to the store *and* enforced by
+//! this instance: the very next proxied request sees it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use scopegate_config::Config;
+use scopegate_keystore::{
+    Access, DomainInput, Error as KsError, ErrorKind, KeyStore, NewKey, Role, Status, UserInput,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::respond::error_body;
+use crate::routing::Routing;
+use crate::State;
+
+/// The admin service.
+pub struct AdminApp {
+    /// Shared gateway state.
+    pub state: Arc<State>,
+}
+
+/// An admin answer: status, JSON body (or none), the snapshot version a change published.
+struct Answer {
+    status: StatusCode,
+    body: Option<Value>,
+    version: Option<u64>,
+}
+
+impl Answer {
+    fn json(status: StatusCode, body: Value) -> Answer {
+        Answer {
+            status,
+            body: Some(body),
+            version: None,
+        }
+    }
+    fn error(status: StatusCode, code: &str, message: impl AsRef<str>) -> Answer {
+        let body: Value = serde_json::from_slice(&error_body(code, message.as_ref()))
+            .expect("error bodies are JSON");
+        Answer::json(status, body)
+    }
+    fn versioned(mut self, version: u64) -> Answer {
+        self.version = Some(version);
+        if let Some(Value::Object(m)) = &mut self.body {
+            m.insert("version".into(), json!(version));
+        }
+        self
+    }
+}
+
+impl From<KsError> for Answer {
+    fn from(e: KsError) -> Answer {
+        let status = match e.kind {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Rule => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Store => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Answer::error(status, e.code, &e.message)
+    }
+}
+
+fn response(a: Answer) -> Response<Vec<u8>> {
+    let body = a
+        .body
+        .map(|b| {
+            let mut v = serde_json::to_vec(&b).expect("JSON values serialise");
+            v.push(b'\n');
+            v
+        })
+        .unwrap_or_default();
+    let mut r = Response::builder()
+        .status(a.status)
+        .header("Content-Length", body.len().to_string())
+        .header("Cache-Control", "no-store");
+    if !body.is_empty() {
+        r = r.header("Content-Type", "application/json");
+    }
+    if let Some(v) = a.version {
+        r = r.header("X-Scopegate-Version", v.to_string());
+    }
+    r.body(body).expect("valid response")
+}
+
+fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", content_type)
+        .header("Content-Length", body.len().to_string())
+        .header("Cache-Control", "no-store")
+        .body(body)
+        .expect("valid response")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgBody {
+    domains: Vec<DomainSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DomainSpec {
+    Name(String),
+    Full(DomainFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainFull {
+    name: String,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    role: Role,
+    #[serde(default)]
+    access: BTreeMap<String, Access>,
+    #[serde(default)]
+    status: Option<Status>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    user: String,
+    #[serde(default)]
+    domains: Option<Vec<String>>,
+    #[serde(default)]
+    org_wide: bool,
+    #[serde(default)]
+    access: Option<Access>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    /// An existing secret to import instead of generating one.
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
+    if body.is_empty() {
+        return Err(Answer::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "a JSON body is required",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Answer::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+/// Constant-time token check; returns the token's name (the audit actor).
+fn authenticate<'a>(state: &'a State, header: Option<&[u8]>) -> Result<&'a str, Answer> {
+    if state.admin_tokens.is_empty() {
+        return Err(Answer::error(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "the admin API is disabled: no admin token is configured (set SCOPEGATE_ADMIN_TOKEN)",
+        ));
+    }
+    let presented = header
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .unwrap_or("");
+    // blake3::Hash equality is constant-time, and hashing first hides lengths.
+    let presented = blake3::hash(presented.as_bytes());
+    let mut actor = None;
+    for t in &state.admin_tokens {
+        if blake3::hash(t.token.as_bytes()) == presented {
+            actor = Some(t.name.as_str());
+        }
+    }
+    actor.ok_or_else(|| {
+        Answer::error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin token is required (Authorization: Bearer <token>)",
+        )
+    })
+}
+
+fn now() -> i64 {
+    scopegate_keystore::time::now()
+}
+
+/// Runs a blocking key store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    ks: &Arc<KeyStore>,
+    f: impl FnOnce(&KeyStore) -> T + Send + 'static,
+) -> T {
+    let ks = Arc::clone(ks);
+    tokio::task::spawn_blocking(move || f(&ks))
+        .await
+        .expect("key store call panicked")
+}
+
+fn audit(actor: &str, kind: &str, subject: &str, version: u64) {
+    log::info!(target: "scopegate::audit", "actor={actor} change={kind} subject={subject} version={version}");
+}
+
+impl AdminApp {
+    fn count(&self, kind: &str, result: &Result<Answer, Answer>) {
+        let label = match result {
+            Ok(_) => "ok",
+            Err(a) if a.status.is_server_error() => "error",
+            Err(_) => "rejected",
+        };
+        self.state
+            .metrics
+            .admin_mutations
+            .with_label_values(&[kind, label])
+            .inc();
+        if let Err(a) = result {
+            if a.status.is_server_error() {
+                self.state.metrics.store_errors.inc();
+            }
+        }
+    }
+
+    async fn v1(
+        &self,
+        method: &Method,
+        segs: &[&str],
+        query: Option<&str>,
+        body: &[u8],
+        actor: &str,
+    ) -> Answer {
+        let ks = &self.state.keystore;
+        let owned: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
+        let s: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let actor = actor.to_string();
+        let result: Result<Answer, Answer> = match (method, s.as_slice()) {
+            (&Method::GET, ["status"]) => {
+                let st = ks.status();
+                let snap = ks.snapshot();
+                Ok(Answer::json(
+                    StatusCode::OK,
+                    json!({"version": st.version, "orgs": st.orgs, "users": st.users, "keys": st.keys,
+                           "changed_at": if snap.changed_at_ms > 0 { Some(scopegate_keystore::time::rfc3339(snap.changed_at_ms / 1000)) } else { None }}),
+                ))
+            }
+            (&Method::POST, ["reload"]) => {
+                let r = reload(&self.state);
+                return match r {
+                    Ok(routes) => {
+                        Answer::json(StatusCode::OK, json!({"reloaded": true, "routes": routes}))
+                    }
+                    Err(e) => Answer::error(StatusCode::UNPROCESSABLE_ENTITY, "reload_rejected", e),
+                };
+            }
+            (&Method::PUT, ["orgs", org]) => {
+                let r = match parse_body::<OrgBody>(body) {
+                    Err(a) => Err(a),
+                    Ok(b) => {
+                        let domains: Vec<DomainInput> = b
+                            .domains
+                            .into_iter()
+                            .map(|d| match d {
+                                DomainSpec::Name(name) => DomainInput { name, id: None },
+                                DomainSpec::Full(f) => DomainInput {
+                                    name: f.name,
+                                    id: f.id,
+                                },
+                            })
+                            .collect();
+                        let org = org.to_string();
+                        let a2 = actor.clone();
+                        blocking(ks, move |ks| {
+                            ks.put_org(&a2, &org, &domains).map(|applied| {
+                                audit(&a2, "put_org", &org, applied.version);
+                                let status = if applied.value {
+                                    StatusCode::CREATED
+                                } else {
+                                    StatusCode::OK
+                                };
+                                let domains = ks.org_domains(&org).unwrap_or_default();
+                                Answer::json(status, json!({"org": org, "domains": domains}))
+                                    .versioned(applied.version)
+                            })
+                        })
+                        .await
+                        .map_err(Answer::from)
+                    }
+                };
+                self.count("put_org", &r);
+                r
+            }
+            (&Method::GET, ["orgs", org]) => {
+                let org = org.to_string();
+                ks.org_domains(&org)
+                    .map(|domains| {
+                        Answer::json(StatusCode::OK, json!({"org": org, "domains": domains}))
+                    })
+                    .map_err(Answer::from)
+            }
+            (&Method::GET, ["orgs", org, "users"]) => {
+                let org = org.to_string();
+                blocking(ks, move |ks| ks.list_users(&org))
+                    .await
+                    .map(|users| {
+                        let users: Vec<Value> = users
+                            .iter()
+                            .map(|u| json!({"user": u.id, "role": u.role, "status": u.status, "access": u.access}))
+                            .collect();
+                        Answer::json(StatusCode::OK, json!({ "users": users }))
+                    })
+                    .map_err(Answer::from)
+            }
+            (&Method::PUT, ["orgs", org, "users", user]) => {
+                let r = match parse_body::<UserBody>(body) {
+                    Err(a) => Err(a),
+                    Ok(b) => {
+                        let (org, user) = (org.to_string(), user.to_string());
+                        let a2 = actor.clone();
+                        blocking(ks, move |ks| {
+                            let input = UserInput { role: b.role, access: b.access.clone(), status: b.status };
+                            ks.put_user(&a2, &org, &user, input).map(|applied| {
+                                audit(&a2, "put_user", &format!("{org}/{user}"), applied.version);
+                                let status = if applied.value { StatusCode::CREATED } else { StatusCode::OK };
+                                let u = ks.snapshot().user(&org, &user.to_lowercase()).map(|u| {
+                                    json!({"org": org, "user": &*u.id, "role": u.role, "status": u.status,
+                                           "access": u.access.iter().map(|(d, a)| (d.to_string(), *a)).collect::<BTreeMap<_, _>>()})
+                                });
+                                Answer::json(status, u.unwrap_or(Value::Null)).versioned(applied.version)
+                            })
+                        })
+                        .await
+                        .map_err(Answer::from)
+                    }
+                };
+                self.count("put_user", &r);
+                r
+            }
+            (&Method::POST, ["orgs", org, "users", user, "deactivate"]) => {
+                let (org, user) = (org.to_string(), user.to_string());
+                let a2 = actor.clone();
+                let r = blocking(ks, move |ks| {
+                    ks.deactivate_user(&a2, &org, &user).map(|applied| {
+                        audit(&a2, "deactivate_user", &format!("{org}/{user}"), applied.version);
+                        Answer::json(StatusCode::OK, json!({"org": org, "user": user.to_lowercase(), "status": "deactivated"}))
+                            .versioned(applied.version)
+                    })
+                })
+                .await
+                .map_err(Answer::from);
+                self.count("deactivate_user", &r);
+                r
+            }
+            (&Method::DELETE, ["orgs", org, "users", user]) => {
+                let (org, user) = (org.to_string(), user.to_string());
+                let a2 = actor.clone();
+                let r = blocking(ks, move |ks| {
+                    ks.delete_user(&a2, &org, &user).map(|applied| {
+                        audit(
+                            &a2,
+                            "delete_user",
+                            &format!("{org}/{user}"),
+                            applied.version,
+                        );
+                        Answer {
+                            status: StatusCode::NO_CONTENT,
+                            body: None,
+                            version: Some(applied.version),
+                        }
+                    })
+                })
+                .await
+                .map_err(Answer::from);
+                self.count("delete_user", &r);
+                r
+            }
+            (&Method::POST, ["orgs", org, "keys"]) => {
+                let r = match parse_body::<KeyBody>(body) {
+                    Err(a) => Err(a),
+                    Ok(b) => match b
+                        .expires_at
+                        .as_deref()
+                        .map(scopegate_keystore::time::parse_rfc3339)
+                        .transpose()
+                    {
+                        Err(e) => Err(Answer::error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_expires_at",
+                            e,
+                        )),
+                        Ok(expires_at) => {
+                            let org = org.to_string();
+                            let imported = b.secret.is_some();
+                            let new = NewKey {
+                                user: b.user,
+                                domains: b.domains,
+                                org_wide: b.org_wide,
+                                access: b.access,
+                                expires_at,
+                                name: b.name,
+                                secret: b.secret,
+                            };
+                            let a2 = actor.clone();
+                            blocking(ks, move |ks| {
+                                ks.create_key(&a2, &org, new, now()).map(|applied| {
+                                    let c = applied.value;
+                                    audit(
+                                        &a2,
+                                        "create_key",
+                                        &format!("{org}/{}", c.meta.id),
+                                        applied.version,
+                                    );
+                                    let mut v =
+                                        serde_json::to_value(&c.meta).expect("metadata serialises");
+                                    if !imported {
+                                        // The one and only time the secret leaves the gateway.
+                                        v["key"] = json!(c.secret);
+                                    }
+                                    Answer::json(StatusCode::CREATED, v).versioned(applied.version)
+                                })
+                            })
+                            .await
+                            .map_err(Answer::from)
+                        }
+                    },
+                };
+                self.count("create_key", &r);
+                r
+            }
+            (&Method::GET, ["orgs", org, "keys"]) => {
+                let org = org.to_string();
+                let user = query.and_then(|q| {
+                    q.split('&')
+                        .filter_map(|p| p.split_once('='))
+                        .find(|(k, _)| *k == "user")
+                        .map(|(_, v)| percent_decode(v))
+                });
+                blocking(ks, move |ks| ks.list_keys(&org, user.as_deref(), now()))
+                    .await
+                    .map(|keys| Answer::json(StatusCode::OK, json!({ "keys": keys })))
+                    .map_err(Answer::from)
+            }
+            (&Method::GET, ["keys", id]) => {
+                let id = id.to_string();
+                blocking(ks, move |ks| ks.get_key(&id, now()))
+                    .await
+                    .map(|k| {
+                        Answer::json(
+                            StatusCode::OK,
+                            serde_json::to_value(k).expect("metadata serialises"),
+                        )
+                    })
+                    .map_err(Answer::from)
+            }
+            (&Method::DELETE, ["keys", id]) => {
+                let id = id.to_string();
+                let a2 = actor.clone();
+                let r = blocking(ks, move |ks| {
+                    ks.revoke_key(&a2, &id, now()).map(|applied| {
+                        audit(&a2, "revoke_key", &id, applied.version);
+                        Answer::json(
+                            StatusCode::OK,
+                            serde_json::to_value(applied.value).expect("metadata serialises"),
+                        )
+                        .versioned(applied.version)
+                    })
+                })
+                .await
+                .map_err(Answer::from);
+                self.count("revoke_key", &r);
+                r
+            }
+            _ => Err(Answer::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such admin call",
+            )),
+        };
+        match result {
+            Ok(a) | Err(a) => a,
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    crate::canon::canonicalize(&format!("/{s}"))
+        .ok()
+        .and_then(|c| c.segments.into_iter().next())
+        .unwrap_or_else(|| s.to_string())
+}
+
+/// `/readyz`: listeners bound, store loaded, a healthy backend in every group.
+fn readiness(state: &State) -> (bool, Vec<String>) {
+    let mut problems = Vec::new();
+    if !state.listening.load(Ordering::SeqCst) {
+        problems.push("listeners are not bound yet".to_string());
+    }
+    for (name, g) in &state.routing.load().groups {
+        if !g.has_healthy_backend() {
+            problems.push(format!("upstream group {name} has no healthy backend"));
+        }
+    }
+    (problems.is_empty(), problems)
+}
+
+async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Vec<u8>, Answer> {
+    let too_large = || {
+        Answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("admin request bodies are limited to {limit} bytes"),
+        )
+    };
+    if crate::proxy::content_length(session.req_header()).is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit as usize {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "could not read the request body",
+                ))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let query = session.req_header().uri.query().map(str::to_string);
+        match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => {
+                return text(
+                    StatusCode::OK,
+                    "application/json",
+                    b"{\"status\":\"ok\"}\n".to_vec(),
+                )
+            }
+            (&Method::GET, "/readyz") => {
+                let (ready, problems) = readiness(&self.state);
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let body = json!({"ready": ready, "problems": problems});
+                return text(
+                    status,
+                    "application/json",
+                    serde_json::to_vec(&body).expect("json"),
+                );
+            }
+            (&Method::GET, "/metrics") => {
+                let body = self.state.metrics.render(&self.state.keystore);
+                return text(StatusCode::OK, "text/plain; version=0.0.4", body);
+            }
+            _ => {}
+        }
+        let Some(rest) = path.strip_prefix("/v1/") else {
+            return response(Answer::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such admin call",
+            ));
+        };
+        let auth = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let actor = match authenticate(&self.state, auth.as_deref()) {
+            Ok(a) => a.to_string(),
+            Err(a) => {
+                session.set_keepalive(None);
+                return response(a);
+            }
+        };
+        let limit = self.state.routing.load().config.limits.max_admin_body_bytes;
+        let body = match read_body(session, limit).await {
+            Ok(b) => b,
+            Err(a) => {
+                session.set_keepalive(None);
+                return response(a);
+            }
+        };
+        let segs = match crate::canon::canonicalize(&format!("/{rest}")) {
+            Ok(c) => c.segments,
+            Err(e) => {
+                return response(Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_path",
+                    e.to_string(),
+                ))
+            }
+        };
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        response(
+            self.v1(&method, &segs, query.as_deref(), &body, &actor)
+                .await,
+        )
+    }
+}
+
+/// Reloads routes, upstreams, limits, key sources and logging settings from
+/// the config file (with the same flags re-applied). Settings that need a
+/// restart (listeners, store, threads, secrets) must not change; an invalid
+/// config changes nothing. Returns the number of routes now in force.
+pub fn reload(state: &State) -> Result<usize, String> {
+    let result = (|| {
+        let path = state
+            .config_path
+            .as_ref()
+            .ok_or("the gateway was started without --config: there is no file to reload")?;
+        let mut next = Config::load(path).map_err(|e| e.to_string())?;
+        next.apply_overrides(state.overrides.clone())
+            .map_err(|e| e.to_string())?;
+        let current = state.routing.load();
+        let cur = &current.config;
+        let mut fixed = Vec::new();
+        if next.listen != cur.listen {
+            fixed.push("listen");
+        }
+        if next.admin_listen != cur.admin_listen {
+            fixed.push("admin_listen");
+        }
+        if next.store != cur.store {
+            fixed.push("store");
+        }
+        if next.threads != cur.threads {
+            fixed.push("threads");
+        }
+        if next.secrets != cur.secrets {
+            fixed.push("secrets");
+        }
+        if next.log != cur.log {
+            fixed.push("log");
+        }
+        if !fixed.is_empty() {
+            return Err(format!(
+                "{} cannot change without a restart; nothing was reloaded",
+                fixed.join(", ")
+            ));
+        }
+        let routing = Routing::build(next, &state.metrics)?;
+        let n = routing.routes.len();
+        state.routing.store(Arc::new(routing));
+        Ok(n)
+    })();
+    let label = if result.is_ok() { "ok" } else { "rejected" };
+    state.metrics.reloads.with_label_values(&[label]).inc();
+    match &result {
+        Ok(n) => log::info!("configuration reloaded: {n} routes"),
+        Err(e) => log::warn!("configuration reload rejected: {e}"),
+    }
+    result
+}
+
+/// Reloads the configuration on SIGHUP.
+pub struct ReloadOnHup {
+    /// Shared gateway state.
+    pub state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnHup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            log::warn!("cannot listen for SIGHUP; reload with POST /v1/reload");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => {
+                    let state = Arc::clone(&self.state);
+                    let _ = tokio::task::spawn_blocking(move || reload(&state)).await;
+                }
+            }
+        }
+    }
+}

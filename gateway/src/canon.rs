@@ -1,0 +1,225 @@
+//! The canonical form of a request path, computed once before routing.
+//!
+//! The path is percent-decoded exactly once. Anything two parsers could read
+//! differently is refused rather than guessed at: an encoded `/` or `\`, a
+//! raw `\`, `.` and `..` segments (raw or encoded), empty segments (`//`, a
+//! trailing `/`), invalid UTF-8, malformed escapes and control characters.
+//! The upstream then receives the path re-encoded from the decoded segments,
+//! so what it decodes is exactly what the gateway matched and checked.
+
+use std::fmt::Write as _;
+
+/// Why a path was refused (all answered with 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The request target is not an absolute path.
+    #[error("the request path must start with '/'")]
+    NotAbsolute,
+    /// `%2F`, `%5C` or a raw backslash: a segment boundary in disguise.
+    #[error("encoded slashes and backslashes are not allowed in paths")]
+    EncodedSeparator,
+    /// A `.` or `..` segment.
+    #[error("'.' and '..' path segments are not allowed")]
+    DotSegment,
+    /// `//` or a trailing `/`.
+    #[error("empty path segments are not allowed")]
+    EmptySegment,
+    /// `%` not followed by two hex digits.
+    #[error("malformed percent-encoding in the path")]
+    BadEscape,
+    /// Decoded bytes are not UTF-8, or contain control characters.
+    #[error("the path is not valid UTF-8 text")]
+    InvalidText,
+    /// More than 4 KiB or 64 segments.
+    #[error("the path is too long")]
+    TooLong,
+}
+
+/// A decoded, checked path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanonPath {
+    /// Decoded segments (no empty ones). `/` alone has none.
+    pub segments: Vec<String>,
+}
+
+const MAX_PATH: usize = 4096;
+const MAX_SEGMENTS: usize = 64;
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes and checks the path part of a request target (no query).
+pub fn canonicalize(raw: &str) -> Result<CanonPath, PathError> {
+    if raw.len() > MAX_PATH {
+        return Err(PathError::TooLong);
+    }
+    let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    let mut segments = Vec::new();
+    if rest.is_empty() {
+        return Ok(CanonPath { segments });
+    }
+    for seg in rest.split('/') {
+        if segments.len() == MAX_SEGMENTS {
+            return Err(PathError::TooLong);
+        }
+        if seg.is_empty() {
+            return Err(PathError::EmptySegment);
+        }
+        let bytes = seg.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'%' {
+                let (hi, lo) = match (bytes.get(i + 1), bytes.get(i + 2)) {
+                    (Some(&h), Some(&l)) => (hex(h), hex(l)),
+                    _ => (None, None),
+                };
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(PathError::BadEscape);
+                };
+                out.push(hi << 4 | lo);
+                i += 3;
+            } else {
+                out.push(b);
+                i += 1;
+            }
+        }
+        if out.iter().any(|&b| b == b'/' || b == b'\\') {
+            return Err(PathError::EncodedSeparator);
+        }
+        if out.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err(PathError::InvalidText);
+        }
+        if out == b"." || out == b".." {
+            return Err(PathError::DotSegment);
+        }
+        let text = String::from_utf8(out).map_err(|_| PathError::InvalidText)?;
+        segments.push(text);
+    }
+    Ok(CanonPath { segments })
+}
+
+/// Whether a byte may appear unencoded in a path segment (RFC 3986 pchar
+/// minus `%`).
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
+/// Re-encodes segments into the path the upstream receives.
+pub fn encode<'a>(segments: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for seg in segments {
+        out.push('/');
+        for &b in seg.as_bytes() {
+            if is_pchar(b) {
+                out.push(b as char);
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(p: &str) -> Vec<String> {
+        canonicalize(p).unwrap().segments
+    }
+
+    #[test]
+    fn plain_and_decoded_paths() {
+        assert_eq!(segs("/"), Vec::<String>::new());
+        assert_eq!(segs("/domains/example.com"), ["domains", "example.com"]);
+        assert_eq!(segs("/domains/ex%61mple.com"), ["domains", "example.com"]);
+        assert_eq!(
+            segs("/domains/b%C3%BCcher.example"),
+            ["domains", "bücher.example"]
+        );
+        // Decoded once only: %252e stays a literal "%2e", not a dot.
+        assert_eq!(segs("/domains/%252e%252e"), ["domains", "%2e%2e"]);
+    }
+
+    #[test]
+    fn refusals() {
+        use PathError::*;
+        for (p, e) in [
+            ("domains", NotAbsolute),
+            ("*", NotAbsolute),
+            ("/domains/a%2Fb", EncodedSeparator),
+            ("/domains/a%2fb", EncodedSeparator),
+            ("/domains/a%5Cb", EncodedSeparator),
+            ("/domains/a\\b", EncodedSeparator),
+            ("/domains/../account", DotSegment),
+            ("/domains/./x", DotSegment),
+            ("/domains/%2e%2e/account", DotSegment),
+            ("/domains/%2E/x", DotSegment),
+            ("/domains//example.com", EmptySegment),
+            ("/domains/", EmptySegment),
+            ("//domains", EmptySegment),
+            ("/domains/%zz", BadEscape),
+            ("/domains/%4", BadEscape),
+            ("/domains/%", BadEscape),
+            ("/domains/%ff%fe", InvalidText),
+            ("/domains/a%00b", InvalidText),
+            ("/domains/a%0d%0aX-Injected:1", InvalidText),
+        ] {
+            assert_eq!(canonicalize(p), Err(e), "{p}");
+        }
+        assert_eq!(
+            canonicalize(&format!("/{}", "a/".repeat(70) + "a")),
+            Err(TooLong)
+        );
+        assert_eq!(
+            canonicalize(&format!("/{}", "a".repeat(5000))),
+            Err(TooLong)
+        );
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        for p in [
+            "/domains/example.com/dkim",
+            "/domains/b%C3%BCcher.example",
+            "/a%20b/%25x",
+            "/email/withTemplate",
+            "/",
+        ] {
+            let c = canonicalize(p).unwrap();
+            let e = encode(c.segments.iter().map(String::as_str));
+            assert_eq!(canonicalize(&e).unwrap(), c, "{p} -> {e}");
+        }
+        assert_eq!(encode(["a b", "%2e", "ü"]), "/a%20b/%252e/%C3%BC");
+    }
+}

@@ -1,0 +1,419 @@
+//! The decision for one request: canonical path, route, key, scope and, for
+//! sends, every From domain in the body.
+//!
+//! Order matters and is fixed: an undecodable path is a 400 and an unknown
+//! route a 404 before any key is looked at; a key is checked before any body
+//! is read, so unauthenticated clients cannot make the gateway buffer
+//! megabytes; a send body is checked against the snapshot current *after* it
+//! arrived, so a revocation during a slow upload still applies.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use scopegate_config::{SenderSpec, Target as RouteTarget};
+use scopegate_keystore::{Access, Digest, DomainRef, KeyStore, Principal, Refusal, Target};
+
+use crate::canon;
+use crate::keys::{self, Presented};
+use crate::metrics::{Metrics, Outcome};
+use crate::proxy::{content_length, Ctx};
+use crate::respond::Reply;
+use crate::routing::Routing;
+use crate::State;
+
+/// What `request_filter` should do.
+pub enum Verdict {
+    /// Let Pingora forward the request as rewritten.
+    Forward,
+    /// The gateway already wrote the whole response (large-body forwarding).
+    Answered,
+    /// Answer with this refusal.
+    Refuse(Reply, Outcome, Option<&'static str>),
+}
+
+/// Bodies up to this size are replayed upstream by Pingora's retry buffer;
+/// larger ones take the gateway's own forwarding path (the buffer is
+/// hard-limited to 64 KiB in Pingora 0.9 and silently drops the body beyond).
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+fn refuse_key(metrics: &Metrics, r: Refusal) -> Verdict {
+    if r == Refusal::MissingKey {
+        return Verdict::Refuse(Reply::MissingKey, Outcome::MissingKey, Some(r.as_str()));
+    }
+    metrics.invalid_key(r);
+    Verdict::Refuse(Reply::InvalidKey, Outcome::InvalidKey, Some(r.as_str()))
+}
+
+fn refuse_scope(r: Refusal) -> Verdict {
+    match r {
+        Refusal::ReadOnly => Verdict::Refuse(Reply::ReadOnly, Outcome::Forbidden, Some(r.as_str())),
+        Refusal::OrgWideRequired => {
+            Verdict::Refuse(Reply::OrgWideRequired, Outcome::Forbidden, Some(r.as_str()))
+        }
+        _ => Verdict::Refuse(Reply::NotFound, Outcome::NotFound, Some(r.as_str())),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Sets the identity headers the upstream receives for an admitted key.
+fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64, prefix: &str) {
+    let key_id = p.key.id.to_string();
+    let org = p.user.org.to_string();
+    ctx.identity = vec![
+        (format!("{prefix}Key-Id"), key_id.clone()),
+        (format!("{prefix}Org"), org.clone()),
+        (format!("{prefix}User"), p.user.id.to_string()),
+        (format!("{prefix}Role"), p.role().as_str().to_string()),
+        (format!("{prefix}Scope"), p.scope_header()),
+        (format!("{prefix}Version"), version.to_string()),
+    ];
+    ctx.key_id = Some(key_id);
+    ctx.org = Some(org);
+    ctx.outcome = Some(Outcome::Admitted);
+}
+
+/// A `{domain}` path segment as a domain reference: digits are the
+/// platform's numeric id, anything else a name in canonical form. `None`
+/// when the segment cannot be a domain at all (answered like any unknown
+/// domain: 404).
+fn domain_ref(segment: &str) -> Option<Result<u64, String>> {
+    if !segment.is_empty() && segment.len() <= 19 && segment.bytes().all(|b| b.is_ascii_digit()) {
+        return segment.parse().ok().map(Ok);
+    }
+    scopegate_keystore::canonical_domain(segment).ok().map(Err)
+}
+
+/// The part of the decision made from the request header alone.
+pub enum Head {
+    /// Refuse with this.
+    Refuse(Reply, Outcome, Option<&'static str>),
+    /// Admitted: forward as rewritten.
+    Forward,
+    /// A send route: the key is live; the body decides.
+    NeedBody {
+        /// The key's digest, to re-check against the snapshot current once the body is in.
+        digest: Digest,
+        /// Where the senders are.
+        spec: SenderSpec,
+        /// The route's body limit.
+        limit: u64,
+    },
+}
+
+impl From<Verdict> for Head {
+    fn from(v: Verdict) -> Head {
+        match v {
+            Verdict::Refuse(r, o, why) => Head::Refuse(r, o, why),
+            Verdict::Forward | Verdict::Answered => Head::Forward,
+        }
+    }
+}
+
+/// Decides what the request header alone can decide: path, route, key,
+/// and the scope for every target but senders. Fills `ctx` (route, group,
+/// identity headers, upstream URI).
+pub fn decide_head(
+    keystore: &KeyStore,
+    metrics: &Metrics,
+    routing: &Routing,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> Head {
+    let config = &routing.config;
+    let method = &req.method;
+    let canon = match canon::canonicalize(req.uri.path()) {
+        Ok(c) => c,
+        Err(e) => {
+            return Head::Refuse(
+                Reply::BadRequest("bad_path", e.to_string()),
+                Outcome::BadRequest,
+                Some("bad_path"),
+            )
+        }
+    };
+    let segments: Vec<&str> = canon.segments.iter().map(String::as_str).collect();
+    ctx.log_path = crate::accesslog::mask_keys(&canon::encode(segments.iter().copied()));
+    let Some(m) = routing.find(method.as_str(), &segments) else {
+        return Head::Refuse(Reply::NotFound, Outcome::NotFound, Some("no_route"));
+    };
+    ctx.route = routing.routes.iter().position(|r| std::ptr::eq(r, m.entry));
+    let route = &m.entry.route;
+    let mut upstream_segments: Vec<String> = canon.segments.clone();
+
+    // Public routes need no key; they still get identity headers stripped.
+    if matches!(route.target, RouteTarget::Public) {
+        ctx.group = Some(m.entry.group.clone());
+        ctx.outcome = Some(Outcome::Admitted);
+        ctx.upstream_uri = Some(upstream_uri(&upstream_segments, req.uri.query(), config));
+        return Head::Forward;
+    }
+
+    let secret = match keys::find(&req.headers, req.uri.query(), &config.keys) {
+        Presented::Missing => return refuse_key(metrics, Refusal::MissingKey).into(),
+        Presented::Conflicting => {
+            return Head::Refuse(
+                Reply::BadRequest(
+                    "conflicting_api_keys",
+                    "the request carries two different API keys".into(),
+                ),
+                Outcome::BadRequest,
+                Some("conflicting_keys"),
+            )
+        }
+        Presented::One(s) => s,
+    };
+    let started = Instant::now();
+    let digest: Digest = match keystore.digest(secret) {
+        Ok(d) => d,
+        Err(r) => return refuse_key(metrics, r).into(),
+    };
+    let prefix = config.keys.identity_prefix.as_str();
+    {
+        let snap = keystore.snapshot();
+        let principal = match snap.authenticate(&digest, unix_now()) {
+            Ok(p) => p,
+            Err(r) => return refuse_key(metrics, r).into(),
+        };
+        let allowed = match &route.target {
+            RouteTarget::Key => principal.authorize(Target::AnyKey),
+            RouteTarget::Org => principal.authorize(Target::Organisation),
+            RouteTarget::Domain => {
+                let need = if method == http::Method::GET || method == http::Method::HEAD {
+                    Access::Read
+                } else {
+                    Access::ReadWrite
+                };
+                match (m.domain.and_then(domain_ref), domain_index(route)) {
+                    (Some(Ok(id)), _) => {
+                        principal.authorize(Target::Domain(DomainRef::Id(id), need))
+                    }
+                    (Some(Err(name)), Some(i)) => {
+                        let r = principal.authorize(Target::Domain(DomainRef::Name(&name), need));
+                        // The upstream gets the name in the form that was checked.
+                        upstream_segments[i] = name;
+                        r
+                    }
+                    _ => Err(Refusal::NotVisible),
+                }
+            }
+            // Decided once the body has arrived.
+            RouteTarget::Sender(_) => Ok(()),
+            RouteTarget::Public => unreachable!("public routes return above"),
+        };
+        if let Err(r) = allowed {
+            return refuse_scope(r).into();
+        }
+        if !matches!(route.target, RouteTarget::Sender(_)) {
+            admit(ctx, &principal, snap.version, prefix);
+        }
+        metrics.key_check.observe(started.elapsed().as_secs_f64());
+    }
+    ctx.group = Some(m.entry.group.clone());
+    ctx.upstream_uri = Some(upstream_uri(&upstream_segments, req.uri.query(), config));
+    match &route.target {
+        RouteTarget::Sender(spec) => Head::NeedBody {
+            digest,
+            spec: spec.clone(),
+            limit: route.max_body_bytes,
+        },
+        _ => Head::Forward,
+    }
+}
+
+/// Decides one request; see the module documentation for the order.
+pub async fn decide(
+    state: &State,
+    routing: &Routing,
+    session: &mut Session,
+    ctx: &mut Ctx,
+) -> Result<Verdict> {
+    let (digest, spec, limit) = match decide_head(
+        &state.keystore,
+        &state.metrics,
+        routing,
+        session.req_header(),
+        ctx,
+    ) {
+        Head::Refuse(r, o, why) => return Ok(Verdict::Refuse(r, o, why)),
+        Head::Forward => return Ok(Verdict::Forward),
+        Head::NeedBody {
+            digest,
+            spec,
+            limit,
+        } => (digest, spec, limit),
+    };
+    let timeout = routing.config.limits.body_read_timeout;
+    let body = match read_body(session, ctx, limit, timeout).await? {
+        Ok(b) => b,
+        Err(v) => return Ok(v),
+    };
+    let prefix = routing.config.keys.identity_prefix.as_str();
+    if let Err(v) = check_senders(
+        &state.keystore,
+        &state.metrics,
+        ctx,
+        &digest,
+        &body,
+        &spec,
+        prefix,
+    ) {
+        return Ok(v);
+    }
+    if body.len() <= REPLAY_LIMIT {
+        return Ok(Verdict::Forward);
+    }
+    crate::forward::forward_buffered(state, session, ctx, body).await?;
+    Ok(Verdict::Answered)
+}
+
+/// The index of the `{domain}` segment in the request path (it precedes
+/// any `**`, so pattern and path indices agree).
+fn domain_index(route: &scopegate_config::Route) -> Option<usize> {
+    route
+        .path
+        .segments
+        .iter()
+        .position(|s| matches!(s, scopegate_config::Segment::Domain))
+}
+
+/// The path and query the upstream receives.
+fn upstream_uri(
+    segments: &[String],
+    query: Option<&str>,
+    config: &scopegate_config::Config,
+) -> String {
+    let mut uri = canon::encode(segments.iter().map(String::as_str));
+    if let Some(q) = query {
+        let q = match (&config.keys.query_param, config.keys.forward_key_header) {
+            (Some(p), false) => keys::strip_query_param(q, p),
+            _ => q.to_string(),
+        };
+        if !q.is_empty() {
+            uri.push('?');
+            uri.push_str(&q);
+        }
+    }
+    uri
+}
+
+/// Reads a body to inspect, bounded by size and time. `Ok(Err(verdict))`
+/// is a refusal (413, 408).
+async fn read_body(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    limit: u64,
+    timeout: Duration,
+) -> Result<std::result::Result<Bytes, Verdict>> {
+    if content_length(session.req_header()).is_some_and(|n| n > limit) {
+        return Ok(Err(Verdict::Refuse(
+            Reply::TooLarge,
+            Outcome::TooLarge,
+            Some("content_length"),
+        )));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await?;
+    }
+    session.enable_retry_buffering();
+    let mut buf = BytesMut::with_capacity(
+        content_length(session.req_header())
+            .map(|n| n as usize)
+            .unwrap_or(16 * 1024)
+            .min(limit as usize),
+    );
+    let read = async {
+        while let Some(chunk) = session.read_request_body().await? {
+            if buf.len() + chunk.len() > limit as usize {
+                return Ok::<_, Box<Error>>(false);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(true)
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => {
+            ctx.bytes_in = buf.len();
+            Ok(Err(Verdict::Refuse(
+                Reply::BodyTimeout,
+                Outcome::BodyTimeout,
+                Some("body_timeout"),
+            )))
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(false)) => {
+            ctx.bytes_in = buf.len();
+            Ok(Err(Verdict::Refuse(
+                Reply::TooLarge,
+                Outcome::TooLarge,
+                Some("body_stream"),
+            )))
+        }
+        Ok(Ok(true)) => {
+            ctx.bytes_in = buf.len();
+            Ok(Ok(buf.freeze()))
+        }
+    }
+}
+
+/// Every From domain must be writable by the key, per the snapshot current now.
+pub fn check_senders(
+    keystore: &KeyStore,
+    metrics: &Metrics,
+    ctx: &mut Ctx,
+    digest: &Digest,
+    body: &[u8],
+    spec: &SenderSpec,
+    prefix: &str,
+) -> std::result::Result<(), Verdict> {
+    let domains = crate::sender::sender_domains(body, spec).map_err(|e| {
+        let reply = if e.status() == 400 {
+            Reply::BadRequest(e.code(), e.message())
+        } else {
+            Reply::InvalidSender(e.message())
+        };
+        let outcome = if e.status() == 400 {
+            Outcome::BadRequest
+        } else {
+            Outcome::SenderRefused
+        };
+        Verdict::Refuse(reply, outcome, Some(e.code()))
+    })?;
+    let snap = keystore.snapshot();
+    let principal = snap
+        .authenticate(digest, unix_now())
+        .map_err(|r| refuse_key(metrics, r))?;
+    let batch = !matches!(spec.messages, scopegate_config::Messages::Single);
+    for (i, d) in domains.iter().enumerate() {
+        if principal
+            .authorize(Target::Domain(DomainRef::Name(d), Access::ReadWrite))
+            .is_err()
+        {
+            let msg = if batch {
+                format!("message {i}: this key cannot send from that domain; nothing was sent")
+            } else {
+                "this key cannot send from that domain".to_string()
+            };
+            return Err(Verdict::Refuse(
+                Reply::SenderNotAllowed(msg),
+                Outcome::SenderRefused,
+                Some("sender_not_allowed"),
+            ));
+        }
+    }
+    admit(ctx, &principal, snap.version, prefix);
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! Prometheus metrics. Labels are drawn only from bounded sets — route
+//! patterns from the config, decision and reason names, upstream group
+//! names, admin call kinds — never keys, digests, users or domains, so
+//! cardinality stays fixed whatever the traffic.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use scopegate_keystore::{KeyStore, Refusal};
+
+/// What happened to a request, as the `decision` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded to the upstream.
+    Admitted,
+    /// 401 missing key.
+    MissingKey,
+    /// 401 invalid key (the reason is counted separately).
+    InvalidKey,
+    /// 404: unknown route, or a domain the key cannot see.
+    NotFound,
+    /// 403.
+    Forbidden,
+    /// 422: a From domain the key cannot write, or an invalid From.
+    SenderRefused,
+    /// 400.
+    BadRequest,
+    /// 413.
+    TooLarge,
+    /// 408.
+    BodyTimeout,
+    /// 502/504 after admission.
+    UpstreamError,
+}
+
+impl Outcome {
+    /// Every outcome, for pre-registering label values.
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Admitted,
+        Outcome::MissingKey,
+        Outcome::InvalidKey,
+        Outcome::NotFound,
+        Outcome::Forbidden,
+        Outcome::SenderRefused,
+        Outcome::BadRequest,
+        Outcome::TooLarge,
+        Outcome::BodyTimeout,
+        Outcome::UpstreamError,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Admitted => "admitted",
+            Outcome::MissingKey => "missing_key",
+            Outcome::InvalidKey => "invalid_key",
+            Outcome::NotFound => "not_found",
+            Outcome::Forbidden => "forbidden",
+            Outcome::SenderRefused => "sender_refused",
+            Outcome::BadRequest => "bad_request",
+            Outcome::TooLarge => "too_large",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// Counters of one route, one per outcome, registered up front.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_outcome: Arc<[IntCounter; Outcome::ALL.len()]>,
+}
+
+impl RouteMetrics {
+    /// Counts one request.
+    pub fn count(&self, outcome: Outcome) {
+        self.by_outcome[outcome as usize].inc();
+    }
+}
+
+/// All of the gateway's metrics.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    requests: IntCounterVec,
+    /// Invalid keys by reason (malformed, unknown, revoked, expired, creator_inactive).
+    invalid_keys: IntCounterVec,
+    /// Time for the whole key check: format, digest, lookup, scope.
+    pub key_check: Histogram,
+    /// Upstream response time by group (header received).
+    pub upstream: HistogramVec,
+    /// Upstream failures by group and kind (connect, timeout, other).
+    pub upstream_errors: IntCounterVec,
+    /// Requests being handled.
+    pub in_flight: IntGauge,
+    snapshot_version: IntGauge,
+    snapshot_age: prometheus::Gauge,
+    keys: IntGauge,
+    users: IntGauge,
+    orgs: IntGauge,
+    /// Admin mutations by kind and result.
+    pub admin_mutations: IntCounterVec,
+    /// Store failures (a change that could not be committed).
+    pub store_errors: IntCounter,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
+    /// Config reloads by result.
+    pub reloads: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "scopegate_requests_total",
+                "Requests by route pattern and decision.",
+            ),
+            &["route", "decision"],
+        )
+        .expect("valid metric");
+        let invalid_keys = IntCounterVec::new(
+            Opts::new(
+                "scopegate_invalid_keys_total",
+                "Requests refused with 401 invalid_api_key, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let key_check = Histogram::with_opts(
+            HistogramOpts::new(
+                "scopegate_key_check_seconds",
+                "Time to check a key: format, keyed digest, snapshot lookup and scope.",
+            )
+            .buckets(vec![
+                1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 1e-3,
+            ]),
+        )
+        .expect("valid metric");
+        let upstream = HistogramVec::new(
+            HistogramOpts::new(
+                "scopegate_upstream_seconds",
+                "Time from sending the request upstream to receiving the response header, by upstream group.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "scopegate_upstream_errors_total",
+                "Admitted requests that failed upstream, by group and kind (connect, timeout, other).",
+            ),
+            &["upstream", "kind"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(
+            "scopegate_in_flight_requests",
+            "Proxy requests being handled now.",
+        )
+        .expect("valid metric");
+        let snapshot_version = IntGauge::new(
+            "scopegate_snapshot_version",
+            "Version of the access snapshot this instance enforces.",
+        )
+        .expect("valid metric");
+        let snapshot_age = prometheus::Gauge::new(
+            "scopegate_snapshot_age_seconds",
+            "Seconds since the change that produced the enforced snapshot.",
+        )
+        .expect("valid metric");
+        let keys = IntGauge::new("scopegate_keys", "Keys not revoked.").expect("valid metric");
+        let users = IntGauge::new("scopegate_users", "Users.").expect("valid metric");
+        let orgs = IntGauge::new("scopegate_orgs", "Organisations.").expect("valid metric");
+        let admin_mutations = IntCounterVec::new(
+            Opts::new(
+                "scopegate_admin_mutations_total",
+                "Admin API changes by kind and result (ok or the error code class).",
+            ),
+            &["kind", "result"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounter::new(
+            "scopegate_store_errors_total",
+            "Changes the store failed to commit (nothing changed).",
+        )
+        .expect("valid metric");
+        let access_log_dropped = IntCounter::new(
+            "scopegate_access_log_dropped_total",
+            "Access log lines dropped because the log writer fell behind.",
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "scopegate_config_reloads_total",
+                "Configuration reloads by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(invalid_keys.clone()),
+            Box::new(key_check.clone()),
+            Box::new(upstream.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(snapshot_version.clone()),
+            Box::new(snapshot_age.clone()),
+            Box::new(keys.clone()),
+            Box::new(users.clone()),
+            Box::new(orgs.clone()),
+            Box::new(admin_mutations.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(access_log_dropped.clone()),
+            Box::new(reloads.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        for r in Refusal::ALL.iter().filter(|r| r.is_authentication()) {
+            if *r != Refusal::MissingKey {
+                invalid_keys.with_label_values(&[r.as_str()]);
+            }
+        }
+        for result in ["ok", "rejected"] {
+            reloads.with_label_values(&[result]);
+        }
+        Metrics {
+            registry,
+            requests,
+            invalid_keys,
+            key_check,
+            upstream,
+            upstream_errors,
+            in_flight,
+            snapshot_version,
+            snapshot_age,
+            keys,
+            users,
+            orgs,
+            admin_mutations,
+            store_errors,
+            access_log_dropped,
+            reloads,
+        }
+    }
+
+    /// The pre-registered counters of one route.
+    pub fn route(&self, pattern: &str) -> RouteMetrics {
+        let counters =
+            Outcome::ALL.map(|o| self.requests.with_label_values(&[pattern, o.as_str()]));
+        RouteMetrics {
+            by_outcome: Arc::new(counters),
+        }
+    }
+
+    /// Counts a 401 invalid_api_key by its reason.
+    pub fn invalid_key(&self, reason: Refusal) {
+        self.invalid_keys
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Renders the text exposition, refreshing the snapshot gauges first.
+    pub fn render(&self, keystore: &KeyStore) -> Vec<u8> {
+        let snap = keystore.snapshot();
+        self.snapshot_version.set(snap.version as i64);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        if snap.changed_at_ms > 0 {
+            self.snapshot_age
+                .set((now_ms - snap.changed_at_ms).max(0) as f64 / 1000.0);
+        }
+        self.keys.set(snap.live_keys as i64);
+        self.users.set(snap.users.len() as i64);
+        self.orgs.set(snap.orgs.len() as i64);
+        drop(snap);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

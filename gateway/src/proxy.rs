@@ -1,0 +1,330 @@
+//! The Pingora `ProxyHttp` implementation: one short method per phase; the
+//! decisions live in [`crate::decide`].
+//!
+//! Everything refused is refused in `request_filter`, before Pingora picks a
+//! peer: the upstream never sees a request the gateway did not fully check.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::Peer;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::accesslog::{mask_keys, Entry};
+use crate::metrics::Outcome;
+use crate::respond::Reply;
+use crate::routing::{Group, Routing};
+use crate::State;
+
+/// Per-request state carried between phases.
+pub struct Ctx {
+    /// When the request arrived.
+    pub start: Instant,
+    /// Unix milliseconds at arrival, for the access log.
+    pub ts_ms: i64,
+    /// The routing version this request is decided and forwarded by.
+    pub routing: Option<Arc<Routing>>,
+    /// Index of the matched route.
+    pub route: Option<usize>,
+    /// The upstream group of an admitted request.
+    pub group: Option<Arc<Group>>,
+    /// The decision, once made.
+    pub outcome: Option<Outcome>,
+    /// Why it was refused, for logs and metrics (never a key).
+    pub reason: Option<&'static str>,
+    /// Status we answered ourselves, if any.
+    pub status: u16,
+    /// Public id of the key, once recognised.
+    pub key_id: Option<String>,
+    /// Organisation of the key.
+    pub org: Option<String>,
+    /// Identity headers to add upstream (full names, values).
+    pub identity: Vec<(String, String)>,
+    /// The path and query the upstream receives: the canonical form checked.
+    pub upstream_uri: Option<String>,
+    /// Path for the access log (no query, keys masked).
+    pub log_path: String,
+    /// Request body bytes read while inspecting it.
+    pub bytes_in: usize,
+    /// When the request was sent upstream.
+    pub upstream_sent: Option<Instant>,
+    /// Whether `in_flight` was incremented for this request.
+    pub counted: bool,
+}
+
+impl Ctx {
+    /// A fresh context for a request arriving now.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            ts_ms: now_ms(),
+            routing: None,
+            route: None,
+            group: None,
+            outcome: None,
+            reason: None,
+            status: 0,
+            key_id: None,
+            org: None,
+            identity: Vec::new(),
+            upstream_uri: None,
+            log_path: String::new(),
+            bytes_in: 0,
+            upstream_sent: None,
+            counted: false,
+        }
+    }
+}
+
+/// The proxy service.
+pub struct Proxy {
+    /// Shared gateway state.
+    pub state: Arc<State>,
+}
+
+/// Writes a reply the gateway decided on, keeping the connection alive when
+/// the request body is fully read.
+pub async fn write_reply(session: &mut Session, reply: &Reply) -> Result<()> {
+    let body = reply.body();
+    let mut h = ResponseHeader::build(reply.status(), Some(4))?;
+    h.insert_header("Content-Type", "application/json")?;
+    h.insert_header("Content-Length", body.len().to_string())?;
+    h.insert_header("Cache-Control", "no-store")?;
+    for (k, v) in reply.extra_headers() {
+        h.insert_header(*k, *v)?;
+    }
+    if !session.is_body_done() {
+        // An unread body would be parsed as the next request: drain a small
+        // one, close the connection after a large one.
+        let small = content_length(session.req_header()).is_some_and(|n| n <= 64 * 1024);
+        let drained = small
+            && tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                session.drain_request_body(),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !drained {
+            session.set_keepalive(None);
+        }
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// The request's Content-Length, if present and valid.
+pub fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Proxy {
+    /// Answers with `reply` and records the decision.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reply: Reply,
+        outcome: Outcome,
+        reason: Option<&'static str>,
+    ) -> Result<bool> {
+        ctx.outcome = Some(outcome);
+        ctx.reason = reason;
+        ctx.status = reply.status();
+        write_reply(session, &reply).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    /// Decides the request: canonical path, route, key, scope, body. Returns
+    /// `Ok(true)` when the gateway answered (refusal, or a large body it
+    /// forwarded itself), `Ok(false)` to let Pingora forward it.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.start = Instant::now();
+        ctx.ts_ms = now_ms();
+        self.state.metrics.in_flight.inc();
+        ctx.counted = true;
+        let routing = self.state.routing.load_full();
+        ctx.routing = Some(Arc::clone(&routing));
+        match crate::decide::decide(&self.state, &routing, session, ctx).await? {
+            crate::decide::Verdict::Forward => Ok(false),
+            crate::decide::Verdict::Answered => Ok(true),
+            crate::decide::Verdict::Refuse(reply, outcome, reason) => {
+                self.refuse(session, ctx, reply, outcome, reason).await
+            }
+        }
+    }
+
+    /// Picks a healthy backend of the route's group, round robin.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let group = ctx
+            .group
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream group decided"))?;
+        let peer = crate::forward::peer_for(&group)?;
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(peer)
+    }
+
+    /// Rewrites the request for the upstream: the canonical path checked,
+    /// identity headers replaced by the gateway's own, the key header dropped.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let routing = ctx
+            .routing
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing"))?;
+        crate::forward::rewrite_request(upstream_request, ctx, &routing.config)
+    }
+
+    /// Records the upstream's response time.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(sent), Some(group)) = (ctx.upstream_sent, &ctx.group) {
+            self.state
+                .metrics
+                .upstream
+                .with_label_values(&[group.name.as_str()])
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// A send is never retried once any byte may have reached the upstream:
+    /// a retried send is a duplicate email.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer {}", peer.address()));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// Answers 502/504 with a JSON body when the upstream fails.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let failure = match e.esource() {
+            ErrorSource::Downstream => None,
+            _ => Some(crate::forward::upstream_failure(e)),
+        };
+        if ctx.outcome == Some(Outcome::Admitted) || ctx.outcome.is_none() {
+            ctx.outcome = Some(Outcome::UpstreamError);
+        }
+        if let (Some(group), Some((_, kind))) = (&ctx.group, &failure) {
+            self.state
+                .metrics
+                .upstream_errors
+                .with_label_values(&[group.name.as_str(), kind])
+                .inc();
+        }
+        let reply = failure.map(|(r, _)| r);
+        let code = match reply {
+            Some(r) if session.response_written().is_none() => {
+                ctx.status = r.status();
+                let _ = write_reply(session, &r).await;
+                r.status()
+            }
+            Some(r) => r.status(),
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Counts the request and queues its access log line.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.counted {
+            self.state.metrics.in_flight.dec();
+        }
+        let outcome = ctx.outcome.unwrap_or(Outcome::BadRequest);
+        if let Some(routing) = &ctx.routing {
+            match ctx.route.and_then(|i| routing.routes.get(i)) {
+                Some(r) => r.metrics.count(outcome),
+                None => routing.unmatched.count(outcome),
+            }
+        }
+        if !self.state.access_log.enabled() {
+            return;
+        }
+        let status = session
+            .response_written()
+            .map(|h| h.status.as_u16())
+            .unwrap_or(ctx.status);
+        let req = session.req_header();
+        let path = if ctx.log_path.is_empty() {
+            mask_keys(&req.uri.path().chars().take(256).collect::<String>())
+        } else {
+            std::mem::take(&mut ctx.log_path)
+        };
+        self.state.access_log.log(Entry {
+            ts_ms: ctx.ts_ms,
+            method: req.method.as_str().to_string(),
+            path,
+            status,
+            decision: outcome.as_str(),
+            reason: ctx.reason,
+            key_id: ctx.key_id.take(),
+            org: ctx.org.take(),
+            upstream: ctx.group.as_ref().map(|g| g.name.clone()),
+            bytes_in: ctx.bytes_in.max(session.body_bytes_read()),
+            bytes_out: session.body_bytes_sent(),
+            latency_us: ctx.start.elapsed().as_micros() as u64,
+        });
+    }
+
+    /// Error logs name the method and canonical path only: never the query
+    /// string, which may carry a key when query keys are configured.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let path = if ctx.log_path.is_empty() {
+            mask_keys(session.req_header().uri.path())
+        } else {
+            ctx.log_path.clone()
+        };
+        format!("{} {}", session.req_header().method, path)
+    }
+}

@@ -1,0 +1,149 @@
+//! Every status code and JSON error body the gateway writes itself, in one
+//! place, so identical situations get byte-identical answers.
+//!
+//! Bodies are `{"error":{"code":"…","message":"…"}}`. They never contain a
+//! key, a digest, or anything that tells a caller whether a domain it cannot
+//! see exists.
+
+use bytes::Bytes;
+
+/// A response the gateway answers on its own, without the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// 401: no key was presented.
+    MissingKey,
+    /// 401: malformed, unknown, revoked or expired key, or creator deactivated:
+    /// one answer for all of them.
+    InvalidKey,
+    /// 404: unknown route, or a domain that does not exist or that this key
+    /// cannot see: one answer for all of them.
+    NotFound,
+    /// 403: the key sees the domain but may only read it.
+    ReadOnly,
+    /// 403: organisation-level endpoint and the key is not org-wide.
+    OrgWideRequired,
+    /// 422: a message's From domain is not writable by this key (identical
+    /// whether the domain exists or not); the text names only the message index.
+    SenderNotAllowed(String),
+    /// 422: a message's From is missing or not one mailbox.
+    InvalidSender(String),
+    /// 400: the request is malformed (two keys, undecodable path, bad JSON…).
+    BadRequest(&'static str, String),
+    /// 413: the body is over the route's limit.
+    TooLarge,
+    /// 408: the body did not arrive within the body read timeout.
+    BodyTimeout,
+    /// 502: no healthy backend, or the upstream failed or closed.
+    BadGateway,
+    /// 504: the upstream did not answer in time.
+    GatewayTimeout,
+    /// 503: the gateway is not able to decide (e.g. reload in progress failed).
+    Unavailable,
+}
+
+impl Reply {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Reply::MissingKey | Reply::InvalidKey => 401,
+            Reply::NotFound => 404,
+            Reply::ReadOnly | Reply::OrgWideRequired => 403,
+            Reply::SenderNotAllowed(_) | Reply::InvalidSender(_) => 422,
+            Reply::BadRequest(..) => 400,
+            Reply::TooLarge => 413,
+            Reply::BodyTimeout => 408,
+            Reply::BadGateway => 502,
+            Reply::GatewayTimeout => 504,
+            Reply::Unavailable => 503,
+        }
+    }
+
+    /// The machine-readable code in the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reply::MissingKey => "missing_api_key",
+            Reply::InvalidKey => "invalid_api_key",
+            Reply::NotFound => "not_found",
+            Reply::ReadOnly => "read_only",
+            Reply::OrgWideRequired => "org_wide_key_required",
+            Reply::SenderNotAllowed(_) => "sender_not_allowed",
+            Reply::InvalidSender(_) => "invalid_sender",
+            Reply::BadRequest(code, _) => code,
+            Reply::TooLarge => "payload_too_large",
+            Reply::BodyTimeout => "body_timeout",
+            Reply::BadGateway => "bad_gateway",
+            Reply::GatewayTimeout => "gateway_timeout",
+            Reply::Unavailable => "unavailable",
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Reply::MissingKey => "an API key is required",
+            Reply::InvalidKey => "the API key is not valid",
+            Reply::NotFound => "not found",
+            Reply::ReadOnly => "this key has read-only access to this domain",
+            Reply::OrgWideRequired => "this endpoint needs an organisation-wide key",
+            Reply::SenderNotAllowed(m) | Reply::InvalidSender(m) | Reply::BadRequest(_, m) => m,
+            Reply::TooLarge => "the request body is too large",
+            Reply::BodyTimeout => "the request body did not arrive in time",
+            Reply::BadGateway => "the upstream service is unavailable",
+            Reply::GatewayTimeout => "the upstream service did not answer in time",
+            Reply::Unavailable => "the gateway cannot decide right now",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        error_body(self.code(), self.message())
+    }
+
+    /// Extra headers beyond Content-Type and Content-Length.
+    pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Reply::MissingKey | Reply::InvalidKey => {
+                &[("WWW-Authenticate", "Bearer realm=\"scopegate\"")]
+            }
+            _ => &[],
+        }
+    }
+}
+
+/// `{"error":{"code":…,"message":…}}`, shared with the admin API.
+pub fn error_body(code: &str, message: &str) -> Bytes {
+    let v = serde_json::json!({"error": {"code": code, "message": message}});
+    Bytes::from(serde_json::to_vec(&v).expect("JSON of strings serialises"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_is_one_fixed_body() {
+        assert_eq!(
+            Reply::NotFound.body(),
+            Bytes::from_static(br#"{"error":{"code":"not_found","message":"not found"}}"#)
+        );
+    }
+
+    #[test]
+    fn every_status_is_what_the_design_says() {
+        assert_eq!(Reply::MissingKey.status(), 401);
+        assert_eq!(Reply::InvalidKey.status(), 401);
+        assert_eq!(Reply::ReadOnly.status(), 403);
+        assert_eq!(Reply::OrgWideRequired.status(), 403);
+        assert_eq!(Reply::SenderNotAllowed("m".into()).status(), 422);
+        assert_eq!(Reply::BadRequest("x", "m".into()).status(), 400);
+        assert_eq!(Reply::TooLarge.status(), 413);
+        assert_eq!(Reply::BadGateway.status(), 502);
+        assert_eq!(Reply::GatewayTimeout.status(), 504);
+    }
+
+    #[test]
+    fn messages_are_escaped_json() {
+        let b = error_body("c", "a \"quoted\" \n line");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"]["message"], "a \"quoted\" \n line");
+    }
+}

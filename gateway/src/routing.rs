@@ -1,0 +1,127 @@
+//! The part of the configuration a request is decided by — routes, key
+//! sources, limits and upstream groups — built once per (re)load and swapped
+//! whole, so a request in flight keeps the version it started with.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{health_check::TcpHealthCheck, LoadBalancer};
+use scopegate_config::{Config, Route, UpstreamGroup};
+
+use crate::metrics::RouteMetrics;
+
+/// One upstream group: its backends, round-robin selection and health.
+pub struct Group {
+    /// Group name from the config (`sending`, `domains`, …).
+    pub name: String,
+    /// Backends with their health; selection skips unhealthy ones.
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    /// Timeouts and pool settings for peers of this group.
+    pub settings: UpstreamGroup,
+}
+
+impl Group {
+    /// Whether at least one backend is currently healthy.
+    pub fn has_healthy_backend(&self) -> bool {
+        self.lb
+            .backends()
+            .get_backend()
+            .iter()
+            .any(|b| self.lb.backends().ready(b))
+    }
+}
+
+/// A route with what the proxy needs at hand.
+pub struct RouteEntry {
+    /// The route as configured.
+    pub route: Route,
+    /// Its upstream group.
+    pub group: Arc<Group>,
+    /// Pre-registered counters, so the hot path does no label lookups.
+    pub metrics: RouteMetrics,
+}
+
+/// Everything a request is decided by, for one configuration version.
+pub struct Routing {
+    /// The configuration this was built from.
+    pub config: Arc<Config>,
+    /// Routes in match order.
+    pub routes: Vec<RouteEntry>,
+    /// Upstream groups by name.
+    pub groups: BTreeMap<String, Arc<Group>>,
+    /// Counters for requests that matched no route.
+    pub unmatched: RouteMetrics,
+}
+
+/// A route that matched, with the captured `{domain}` segment.
+pub struct Matched<'r, 'p> {
+    /// The route.
+    pub entry: &'r RouteEntry,
+    /// The `{domain}` segment, if the pattern has one.
+    pub domain: Option<&'p str>,
+}
+
+impl Routing {
+    /// Builds groups (resolving backend addresses) and routes.
+    pub fn build(config: Config, metrics: &crate::metrics::Metrics) -> Result<Routing, String> {
+        let mut groups = BTreeMap::new();
+        for (name, settings) in &config.upstreams {
+            let lb = LoadBalancer::<RoundRobin>::try_from_iter(
+                settings.backends.iter().map(String::as_str),
+            )
+            .map_err(|e| format!("upstreams.{name}: cannot resolve backends: {e}"))?;
+            let mut lb = lb;
+            if settings.health_check_interval.is_some() {
+                let mut hc = TcpHealthCheck::new();
+                hc.peer_template.options.connection_timeout = Some(settings.connect_timeout);
+                lb.set_health_check(hc);
+            }
+            groups.insert(
+                name.clone(),
+                Arc::new(Group {
+                    name: name.clone(),
+                    lb: Arc::new(lb),
+                    settings: settings.clone(),
+                }),
+            );
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let group = groups
+                .get(&route.upstream)
+                .ok_or_else(|| {
+                    format!(
+                        "route {} names unknown upstream {}",
+                        route.path, route.upstream
+                    )
+                })?
+                .clone();
+            routes.push(RouteEntry {
+                metrics: metrics.route(&route.path.raw),
+                route: route.clone(),
+                group,
+            });
+        }
+        Ok(Routing {
+            unmatched: metrics.route("unmatched"),
+            config: Arc::new(config),
+            routes,
+            groups,
+        })
+    }
+
+    /// The first route whose method and path match.
+    pub fn find<'r, 'p>(&'r self, method: &str, segments: &[&'p str]) -> Option<Matched<'r, 'p>> {
+        self.routes.iter().find_map(|entry| {
+            if !entry.route.allows_method(method) {
+                return None;
+            }
+            entry
+                .route
+                .path
+                .matches(segments)
+                .map(|domain| Matched { entry, domain })
+        })
+    }
+}

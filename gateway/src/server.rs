@@ -1,0 +1,252 @@
+//! Building and running the Pingora server: the proxy service, the admin
+//! service and the background health checks, with the shutdown signal and
+//! the key store handed in by the caller, so tests run a whole gateway
+//! in-process and stop it when they are done.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use scopegate_config::{Config, Overrides, Secrets};
+use scopegate_keystore::KeyStore;
+use tokio::sync::watch;
+
+use crate::accesslog::AccessLog;
+use crate::metrics::Metrics;
+use crate::routing::Routing;
+use crate::State;
+
+/// Everything [`run`] needs.
+pub struct Launch {
+    /// The validated config (file + flags).
+    pub config: Config,
+    /// The file it came from, for reloads.
+    pub config_path: Option<std::path::PathBuf>,
+    /// The flags, re-applied on reload.
+    pub overrides: Overrides,
+    /// Pepper and admin tokens.
+    pub secrets: Secrets,
+    /// The opened key store.
+    pub keystore: Arc<KeyStore>,
+}
+
+/// How a caller asks a running gateway to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Stop accepting, let requests in flight finish within the grace period.
+    Graceful,
+    /// Stop now.
+    Fast,
+}
+
+/// The sending half of an in-process shutdown signal.
+#[derive(Clone)]
+pub struct StopHandle {
+    tx: Arc<watch::Sender<Option<Stop>>>,
+}
+
+impl StopHandle {
+    /// Asks the gateway to stop.
+    pub fn stop(&self, how: Stop) {
+        let _ = self.tx.send(Some(how));
+    }
+}
+
+/// A [`ShutdownSignalWatch`] driven by a [`StopHandle`] (tests, the demo).
+pub struct ChannelSignal {
+    rx: watch::Receiver<Option<Stop>>,
+}
+
+/// A connected pair for in-process runs.
+pub fn stop_channel() -> (StopHandle, ChannelSignal) {
+    let (tx, rx) = watch::channel(None);
+    (StopHandle { tx: Arc::new(tx) }, ChannelSignal { rx })
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.rx.clone();
+        let how = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.unwrap_or(Stop::Fast),
+            // The handle is gone: nobody can ask any more, so stop.
+            Err(_) => Stop::Fast,
+        };
+        match how {
+            Stop::Graceful => ShutdownSignal::GracefulTerminate,
+            Stop::Fast => ShutdownSignal::FastShutdown,
+        }
+    }
+}
+
+/// Unix signals for `scopegate serve`: SIGTERM and SIGQUIT drain within the
+/// grace period, SIGINT stops at once. (SIGHUP reloads; see the reload service.)
+pub struct UnixSignals;
+
+#[async_trait]
+impl ShutdownSignalWatch for UnixSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = quit.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
+}
+
+/// Runs health checks of every upstream group of the current routing, each
+/// at its own interval; follows reloads because it reads the routing anew
+/// on every tick.
+struct HealthChecks {
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last: std::collections::HashMap<String, Instant> = Default::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let routing = self.state.routing.load_full();
+            for (name, group) in &routing.groups {
+                let Some(every) = group.settings.health_check_interval else {
+                    continue;
+                };
+                let due = last.get(name).is_none_or(|t| t.elapsed() >= every);
+                if due {
+                    last.insert(name.clone(), Instant::now());
+                    group.lb.backends().run_health_check(true).await;
+                }
+            }
+        }
+    }
+}
+
+/// Marks the gateway as listening once Pingora has started its services.
+struct Started {
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for Started {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.state.listening.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Builds the shared state (metrics, routing, access log) for a launch.
+pub fn build_state(
+    launch: &Launch,
+) -> anyhow::Result<(Arc<State>, Option<std::thread::JoinHandle<()>>)> {
+    let metrics = Arc::new(Metrics::new());
+    let routing = Routing::build(launch.config.clone(), &metrics).map_err(anyhow::Error::msg)?;
+    let (access_log, log_thread) =
+        AccessLog::start(&launch.config.log, metrics.access_log_dropped.clone())?;
+    let state = Arc::new(State {
+        keystore: Arc::clone(&launch.keystore),
+        routing: ArcSwap::from_pointee(routing),
+        metrics,
+        access_log,
+        connector: pingora::connectors::http::Connector::new(None),
+        admin_tokens: launch.secrets.admin_tokens.clone(),
+        config_path: launch.config_path.clone(),
+        overrides: launch.overrides.clone(),
+        listening: Default::default(),
+    });
+    Ok((state, log_thread))
+}
+
+/// Runs the gateway until `shutdown` fires. Blocking, and must not be called
+/// from inside a tokio runtime (Pingora builds its own).
+pub fn run(launch: Launch, shutdown: Box<dyn ShutdownSignalWatch>) -> anyhow::Result<()> {
+    let (state, log_thread) = build_state(&launch)?;
+    run_with_state(&launch.config, Arc::clone(&state), shutdown)?;
+    drop(state);
+    if let Some(t) = log_thread {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// Runs the gateway on already built state (lets callers keep a handle on
+/// the metrics and routing).
+pub fn run_with_state(
+    config: &Config,
+    state: Arc<State>,
+    shutdown: Box<dyn ShutdownSignalWatch>,
+) -> anyhow::Result<()> {
+    let grace_secs = config.grace_period.as_millis().div_ceil(1000) as u64;
+    let pool = config
+        .upstreams
+        .values()
+        .map(|g| g.keepalive_pool)
+        .max()
+        .unwrap_or(128);
+    let conf = ServerConf {
+        threads: config.effective_threads(),
+        grace_period_seconds: Some(grace_secs),
+        graceful_shutdown_timeout_seconds: Some(grace_secs.max(1)),
+        upstream_keepalive_pool_size: pool,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        crate::proxy::Proxy {
+            state: Arc::clone(&state),
+        },
+        "scopegate-proxy",
+    );
+    proxy.add_tcp(&config.listen.to_string());
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "scopegate-admin".to_string(),
+        crate::admin::AdminApp {
+            state: Arc::clone(&state),
+        },
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&config.admin_listen.to_string());
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "scopegate-health",
+        HealthChecks {
+            state: Arc::clone(&state),
+        },
+    ));
+    server.add_service(background_service(
+        "scopegate-reload",
+        crate::admin::ReloadOnHup {
+            state: Arc::clone(&state),
+        },
+    ));
+    server.add_service(background_service(
+        "scopegate-started",
+        Started {
+            state: Arc::clone(&state),
+        },
+    ));
+    server.run(RunArgs {
+        shutdown_signal: shutdown,
+    });
+    state.listening.store(false, Ordering::SeqCst);
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! DESIGN.md's decision table, row by row, against a real gateway and mock
+//! upstreams: for each case the response *and* whether the upstream saw the
+//! request.
+
+use scopegate_gateway::mock::Behavior;
+use scopegate_suite::gateway::TestGateway;
+use scopegate_suite::http::Request;
+use scopegate_suite::sample;
+
+fn setup() -> (TestGateway, sample::Keys) {
+    let gw = TestGateway::start();
+    let keys = sample::setup(&gw.keystore);
+    (gw, keys)
+}
+
+fn upstream_total(gw: &TestGateway) -> usize {
+    gw.sending.count() + gw.domains.count()
+}
+
+#[test]
+fn no_key_is_401_missing_and_never_forwarded() {
+    let (gw, _) = setup();
+    let r = gw.send(Request::new("GET", "/domains/example.com"));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error_code(), "missing_api_key");
+    assert!(r.header("www-authenticate").is_some());
+    assert_eq!(upstream_total(&gw), 0);
+}
+
+#[test]
+fn every_invalid_key_gets_one_identical_401() {
+    let (gw, keys) = setup();
+    let now = scopegate_keystore::time::now();
+    // revoked
+    gw.keystore.revoke_key("t", &keys.ids["ops"], now).unwrap();
+    // creator deactivated
+    gw.keystore
+        .deactivate_user("t", "acme", "client-b@example.com")
+        .unwrap();
+    // expired: a key that expires in a second, checked after it has
+    let c = gw
+        .keystore
+        .create_key(
+            "t",
+            "acme",
+            scopegate_keystore::NewKey {
+                user: "client-a@example.com".into(),
+                expires_at: Some(now + 1),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap()
+        .value;
+    let mut malformed = keys.dev.clone();
+    malformed.pop();
+    malformed.push(if keys.dev.ends_with('A') { 'B' } else { 'A' });
+    let unknown = scopegate_keystore::secret::generate();
+    let mut bodies = Vec::new();
+    for key in [
+        malformed.as_str(),
+        unknown.as_str(),
+        keys.ops.as_str(),
+        keys.client_b.as_str(),
+        "legacy-token-xyz",
+        "",
+    ] {
+        let r = gw.send(Request::new("GET", "/domains/example.com").header("X-Api-Key", key));
+        assert_eq!(r.status, 401, "key {key:?}");
+        assert_eq!(r.error_code(), "invalid_api_key");
+        bodies.push(r.body);
+    }
+    // Expiry is checked against the clock: wait until it has passed.
+    while scopegate_keystore::time::now() <= now + 1 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = gw.send(Request::new("GET", "/domains/client-a.com").bearer(&c.secret));
+    assert_eq!(r.status, 401);
+    bodies.push(r.body);
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "401 bodies differ");
+    assert_eq!(upstream_total(&gw), 0);
+    let m = gw.metrics();
+    for reason in ["malformed_key", "unknown_key", "revoked_key", "expired_key"] {
+        assert!(
+            m.contains(&format!(
+                "scopegate_invalid_keys_total{{reason=\"{reason}\"}} "
+            )),
+            "{reason} not counted"
+        );
+    }
+}
+
+#[test]
+fn invisible_and_nonexistent_domains_get_byte_identical_404s() {
+    let (gw, keys) = setup();
+    let cases = [
+        ("/domains/client-b.com", &keys.client_a), // in the org, not visible
+        ("/domains/example.com", &keys.client_a),  // in the org, not visible
+        ("/domains/other.org", &keys.client_a),    // another org's domain
+        ("/domains/nowhere-at-all.net", &keys.client_a), // exists nowhere
+        ("/domains/nowhere-at-all.net", &keys.owner), // exists nowhere, org-wide key
+        ("/domains/999999", &keys.owner),          // unknown numeric id
+        ("/domains/900", &keys.owner),             // another org's numeric id
+        ("/domains/not_a_domain", &keys.owner),    // cannot be a domain
+        ("/no/such/route", &keys.owner),           // unknown route
+    ];
+    type Seen = (Vec<u8>, Vec<(String, String)>);
+    let mut first: Option<Seen> = None;
+    for (path, key) in cases {
+        let r = gw.send(Request::new("GET", path).bearer(key));
+        assert_eq!(r.status, 404, "{path}");
+        let headers: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k != "date")
+            .cloned()
+            .collect();
+        match &first {
+            None => first = Some((r.body.clone(), headers)),
+            Some((b, h)) => {
+                assert_eq!(&r.body, b, "{path}: body differs");
+                assert_eq!(&headers, h, "{path}: headers differ");
+            }
+        }
+    }
+    assert_eq!(upstream_total(&gw), 0);
+}
+
+#[test]
+fn read_access_with_a_write_method_is_403() {
+    let (gw, keys) = setup();
+    let r =
+        gw.send(Request::new("POST", "/domains/staging.example.com/verify").bearer(&keys.dev_read));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.error_code(), "read_only");
+    let r =
+        gw.send(Request::new("DELETE", "/domains/staging.example.com/dkim").bearer(&keys.dev_read));
+    assert_eq!(r.status, 403);
+    assert_eq!(upstream_total(&gw), 0);
+    let r =
+        gw.send(Request::new("GET", "/domains/staging.example.com/dkim").bearer(&keys.dev_read));
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.domains.count(), 1);
+}
+
+#[test]
+fn organisation_endpoints_need_an_org_wide_key() {
+    let (gw, keys) = setup();
+    for path in [
+        "/account",
+        "/users",
+        "/users/dev@example.com",
+        "/invitations",
+        "/billing/invoices",
+    ] {
+        for key in [&keys.dev, &keys.admin_client_a, &keys.ops] {
+            let r = gw.send(Request::new("GET", path).bearer(key));
+            assert_eq!(r.status, 403, "{path}");
+            assert_eq!(r.error_code(), "org_wide_key_required");
+        }
+    }
+    let r = gw.send(
+        Request::new("POST", "/domains")
+            .bearer(&keys.dev)
+            .json(&serde_json::json!({"Name": "new.example.com"})),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(upstream_total(&gw), 0);
+    for path in ["/account", "/users", "/billing/invoices"] {
+        let r = gw.send(Request::new("GET", path).bearer(&keys.owner));
+        assert_eq!(r.status, 200, "{path}");
+    }
+    let r = gw.send(
+        Request::new("POST", "/domains")
+            .bearer(&keys.admin)
+            .json(&serde_json::json!({"Name": "new.example.com"})),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(gw.domains.count(), 4);
+}
+
+#[test]
+fn two_different_keys_and_undecodable_paths_are_400() {
+    let (gw, keys) = setup();
+    let r = gw.send(
+        Request::new("GET", "/domains/staging.example.com")
+            .bearer(&keys.dev)
+            .header("X-Api-Key", &keys.owner),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "conflicting_api_keys");
+    // The same key twice is fine.
+    let r = gw.send(
+        Request::new("GET", "/domains/staging.example.com")
+            .bearer(&keys.dev)
+            .header("X-Postmark-Server-Token", &keys.dev),
+    );
+    assert_eq!(r.status, 200);
+    for path in [
+        "/domains/staging.example.com/..%2F..%2Faccount",
+        "/domains/staging.example.com/../../account",
+        "/domains/staging.example.com/%2e%2e/%2e%2e/account",
+        "/domains/staging.example.com%2F..%2Fexample.com",
+        "/domains//staging.example.com",
+        "/domains/staging.example.com/",
+        "/domains/%zz",
+        "/domains/%ff",
+        "/domains/staging.example.com%5C..%5Cexample.com",
+    ] {
+        let r = gw.send(Request::new("GET", path).bearer(&keys.owner));
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.error_code(), "bad_path", "{path}");
+    }
+    assert_eq!(gw.domains.count(), 1);
+}
+
+#[test]
+fn admitted_requests_carry_the_gateways_identity_and_not_the_key() {
+    let (gw, keys) = setup();
+    let r = gw.send(
+        Request::new("GET", "/domains/staging.example.com/dkim?page=2")
+            .bearer(&keys.dev)
+            .header("X-Scopegate-Org", "other")
+            .header("x-scopegate-role", "owner")
+            .header("X-SCOPEGATE-SCOPE", "*")
+            .header("X-Scopegate-Injected", "1"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = gw.domains.requests();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.target, "/domains/staging.example.com/dkim?page=2");
+    assert_eq!(s.header_all("x-scopegate-org"), ["acme"]);
+    assert_eq!(s.header_all("x-scopegate-role"), ["member"]);
+    assert_eq!(
+        s.header_all("x-scopegate-scope"),
+        ["staging.example.com=read_write"]
+    );
+    assert_eq!(s.header("x-scopegate-user"), Some("dev@example.com"));
+    assert_eq!(
+        s.header("x-scopegate-key-id"),
+        Some(keys.ids["dev"].as_str())
+    );
+    assert!(
+        s.header("x-scopegate-version")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    assert!(s.header("x-scopegate-injected").is_none());
+    assert!(s.header("authorization").is_none());
+    let all: String = s
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}\n"))
+        .collect();
+    assert!(!all.contains(&keys.dev), "the key reached the upstream");
+}
+
+#[test]
+fn domain_paths_are_canonicalised_before_checking_and_forwarding() {
+    let (gw, keys) = setup();
+    for (path, forwarded) in [
+        (
+            "/domains/STAGING.Example.COM",
+            "/domains/staging.example.com",
+        ),
+        (
+            "/domains/staging.example.com.",
+            "/domains/staging.example.com",
+        ),
+        (
+            "/domains/st%61ging.example.com/dkim",
+            "/domains/staging.example.com/dkim",
+        ),
+        ("/domains/102", "/domains/102"),
+    ] {
+        gw.domains.clear();
+        let r = gw.send(Request::new("GET", path).bearer(&keys.dev));
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(gw.domains.requests()[0].target, forwarded, "{path}");
+    }
+    // IDN: a domain added as Unicode is matched in punycode either way.
+    gw.keystore
+        .put_org(
+            "t",
+            "acme",
+            &[scopegate_keystore::DomainInput {
+                name: "bücher.example".into(),
+                id: None,
+            }],
+        )
+        .unwrap();
+    for path in [
+        "/domains/b%C3%BCcher.example",
+        "/domains/xn--bcher-kva.example",
+        "/domains/B%C3%9CCHER.example",
+    ] {
+        gw.domains.clear();
+        let r = gw.send(Request::new("GET", path).bearer(&keys.owner));
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            gw.domains.requests()[0].target,
+            "/domains/xn--bcher-kva.example"
+        );
+    }
+}
+
+#[test]
+fn listing_domains_needs_any_live_key_and_forwards_the_scope() {
+    let (gw, keys) = setup();
+    let r = gw.send(Request::new("GET", "/domains").bearer(&keys.client_b));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["domains"],
+        serde_json::json!(["client-b.com", "mail.client-b.com"])
+    );
+    let r = gw.send(Request::new("GET", "/domains").bearer(&keys.owner));
+    assert_eq!(r.json()["domains"], serde_json::json!(["*"]));
+    assert_eq!(gw.send(Request::new("GET", "/domains")).status, 401);
+}
+
+#[test]
+fn methods_outside_the_route_table_are_404() {
+    let (gw, keys) = setup();
+    for (m, p) in [
+        ("GET", "/email"),
+        ("DELETE", "/domains"),
+        ("PUT", "/email/batch"),
+        ("GET", "/"),
+        ("GET", "/Domains/example.com"),
+    ] {
+        let r = gw.send(Request::new(m, p).bearer(&keys.owner));
+        assert_eq!(r.status, 404, "{m} {p}");
+    }
+    assert_eq!(upstream_total(&gw), 0);
+}
+
+#[test]
+fn upstream_down_or_failing_is_a_json_502() {
+    let (gw, keys) = setup();
+    gw.domains.set_behavior(Behavior::CloseWithoutResponse);
+    let r = gw.send(Request::new("GET", "/domains/staging.example.com").bearer(&keys.dev));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.error_code(), "bad_gateway");
+    gw.domains.set_behavior(Behavior::Status(503));
+    let r = gw.send(Request::new("GET", "/domains/staging.example.com").bearer(&keys.dev));
+    assert_eq!(r.status, 503, "upstream statuses pass through");
+    let m = gw.metrics();
+    assert!(
+        m.contains("scopegate_upstream_errors_total{kind=\"other\",upstream=\"domains\"} 1"),
+        "{m}"
+    );
+}

@@ -1,0 +1,170 @@
+//! Starting a whole gateway in-process for a test: mock upstreams on port 0,
+//! a fresh SQLite store in a temp dir, the proxy and admin listeners, and a
+//! readiness check before the test goes on.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use scopegate_config::{AdminToken, Config, Secrets};
+use scopegate_gateway::mock::MockUpstream;
+use scopegate_gateway::server::{self, Launch, Stop, StopHandle};
+use scopegate_gateway::State;
+use scopegate_keystore::{KeyStore, Pepper};
+
+use crate::http::Request;
+
+/// The pepper every test store uses.
+pub const PEPPER: &[u8] = b"test-pepper-0123456789abcdef";
+/// The admin token of every test gateway.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A port nobody listens on right now. (Pingora binds its listeners itself,
+/// so the gateway cannot be handed a bound socket; the window between this
+/// and Pingora's bind is a few milliseconds.)
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A running gateway with its mock upstreams.
+pub struct TestGateway {
+    /// The proxy listener.
+    pub proxy: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The key store the gateway enforces (shared, so tests can set up
+    /// orgs and keys directly).
+    pub keystore: Arc<KeyStore>,
+    /// Shared gateway state (metrics, routing).
+    pub state: Arc<State>,
+    /// Mock of the sending API.
+    pub sending: MockUpstream,
+    /// Mock of the domain API.
+    pub domains: MockUpstream,
+    /// The store file.
+    pub store: PathBuf,
+    /// The config the gateway runs with.
+    pub config: Config,
+    stop: StopHandle,
+    thread: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// A gateway with the default config.
+    pub fn start() -> TestGateway {
+        Self::start_with(|_| {})
+    }
+
+    /// A gateway whose config `tweak` may change (after ports and upstreams are set).
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sending = MockUpstream::spawn("sending").expect("mock sending");
+        let domains = MockUpstream::spawn("domains").expect("mock domains");
+        let mut config = Config {
+            listen: free_port(),
+            admin_listen: free_port(),
+            store: dir.path().join("scopegate.db"),
+            threads: 2,
+            grace_period: Duration::from_millis(1000),
+            ..Config::default()
+        };
+        config.log.access_log = scopegate_config::AccessLog::Off;
+        config.upstreams.get_mut("sending").unwrap().backends = vec![sending.addr().to_string()];
+        config.upstreams.get_mut("domains").unwrap().backends = vec![domains.addr().to_string()];
+        for g in config.upstreams.values_mut() {
+            g.health_check_interval = Some(Duration::from_millis(200));
+        }
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let keystore =
+            Arc::new(KeyStore::open_sqlite(&config.store, Pepper::new(PEPPER)).expect("store"));
+        let launch = Launch {
+            config: config.clone(),
+            config_path: None,
+            overrides: Default::default(),
+            secrets: Secrets {
+                pepper: PEPPER.to_vec(),
+                admin_tokens: vec![AdminToken {
+                    name: "test".into(),
+                    token: ADMIN_TOKEN.into(),
+                }],
+            },
+            keystore: Arc::clone(&keystore),
+        };
+        let (state, _log) = server::build_state(&launch).expect("state");
+        let (stop, signal) = server::stop_channel();
+        let st = Arc::clone(&state);
+        let cfg = config.clone();
+        let thread = std::thread::spawn(move || {
+            server::run_with_state(&cfg, st, Box::new(signal)).expect("gateway runs");
+        });
+        let gw = TestGateway {
+            proxy: config.listen,
+            admin: config.admin_listen,
+            keystore,
+            state,
+            sending,
+            domains,
+            store: config.store.clone(),
+            config,
+            stop,
+            thread: Some(thread),
+            _dir: dir,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    /// Waits until both listeners answer (polling, no fixed sleep).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = TcpStream::connect(self.proxy).is_ok()
+                && TcpStream::connect(self.admin).is_ok()
+                && Request::new("GET", "/healthz").send(self.admin).status == 200;
+            if up {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway did not come up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends a request to the proxy.
+    pub fn send(&self, req: Request) -> crate::http::Response {
+        req.send(self.proxy)
+    }
+
+    /// Sends an admin request with the test token.
+    pub fn admin(&self, req: Request) -> crate::http::Response {
+        req.bearer(ADMIN_TOKEN).send(self.admin)
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        Request::new("GET", "/metrics").send(self.admin).text()
+    }
+
+    /// Stops the gateway and waits for it.
+    pub fn stop(mut self, how: Stop) {
+        self.shutdown(how);
+    }
+
+    fn shutdown(&mut self, how: Stop) {
+        self.stop.stop(how);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown(Stop::Fast);
+    }
+}
