@@ -66,7 +66,7 @@ fn unix_now() -> i64 {
 
 /// Sets the identity headers the upstream receives for an admitted key.
 fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64, prefix: &str) {
-    let key_id = p.key.id.to_string();
+    let key_id = p.key.id_string();
     let org = p.user.org.to_string();
     ctx.identity = vec![
         (format!("{prefix}Key-Id"), key_id.clone()),

@@ -1140,6 +1140,9 @@ mod tests {
             ("A@EXAMPLE.COM", "example.com"),
             ("a@example.com.", "example.com"),
             ("user@bücher.example", "xn--bcher-kva.example"),
+            ("user@BÜCHER.example.", "xn--bcher-kva.example"),
+            // UTS 46 maps full-width letters and dots, as resolvers do.
+            ("a@\u{FF45}xample\u{FF0E}com", "example.com"),
             ("\"john doe\"@example.com", "example.com"),
             ("\"john \\\" doe\"@example.com", "example.com"),
             ("Name <\"john doe\"@example.com>", "example.com"),
@@ -1570,6 +1573,14 @@ mod tests {
                 E::Domain("only letters, digits and '-' are allowed"),
             ),
             ("Name <a @b.com>", E::LocalPart),
+            (
+                "Name <a@b.com\u{A0}>",
+                E::Domain("not a valid internationalised name"),
+            ),
+            (
+                "a@b\u{FF20}c.com",
+                E::Domain("not a valid internationalised name"),
+            ),
             (
                 "a@-b.com",
                 E::Domain("a label may not start or end with '-'"),

@@ -304,7 +304,7 @@ impl KeyStore {
             let p = snap.authenticate(&digest, now)?;
             p.authorize(target)?;
             Ok(Identity {
-                key_id: p.key.id.to_string(),
+                key_id: p.key.id_string(),
                 org: p.user.org.to_string(),
                 user: p.user.id.to_string(),
                 role: p.role(),
@@ -898,14 +898,21 @@ fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error>
         ));
         users.push((u.uid, Arc::new(entry)));
     }
-    let mut keys = Vec::new();
+    let mut keys = crate::ShardMap::builder();
     let mut live = 0;
+    let mut bad_id = None;
     store.for_each_key(&mut |k| {
         if k.revoked_at.is_none() {
             live += 1;
         }
-        keys.push((k.digest, key_entry(&k, intern)));
+        match key_entry(&k, intern) {
+            Some(e) => keys.insert(k.digest, e),
+            None => bad_id = Some(k.id),
+        }
     })?;
+    if let Some(id) = bad_id {
+        return Err(StoreError::Incompatible(format!("key id {id:?} is not a scopegate key id")).into());
+    }
     Ok(Snapshot {
         version,
         changed_at_ms,
@@ -913,7 +920,7 @@ fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error>
         org_ids: crate::ShardMap::from_entries(org_ids),
         users: crate::ShardMap::from_entries(users),
         user_ids: crate::ShardMap::from_entries(user_ids),
-        keys: crate::ShardMap::from_entries(keys),
+        keys: keys.finish(),
         live_keys: live,
     })
 }
@@ -945,7 +952,8 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
         }
         Change::CreateKeys(keys) => {
             for k in keys {
-                snap.keys.insert(k.digest, key_entry(k, intern));
+                let entry = key_entry(k, intern).expect("ids of new keys are generated");
+                snap.keys.insert(k.digest, entry);
                 snap.live_keys += 1;
             }
         }

@@ -168,7 +168,22 @@ pub fn generate() -> String {
 pub fn generate_id() -> String {
     let mut b = [0u8; 8];
     getrandom::getrandom(&mut b).expect("the OS random generator failed");
-    format!("key_{:016x}", u64::from_be_bytes(b))
+    format_id(u64::from_be_bytes(b))
+}
+
+/// The text form of a key id (`key_` + 16 hex digits).
+pub fn format_id(id: u64) -> String {
+    format!("key_{id:016x}")
+}
+
+/// The number inside a key id, which is how the snapshot keeps it (8 bytes
+/// instead of a string per key).
+pub fn parse_id(id: &str) -> Option<u64> {
+    let hex = id.strip_prefix("key_")?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
 }
 
 #[cfg(test)]
@@ -196,6 +211,16 @@ mod tests {
         }
         assert_eq!(classify(&s[..s.len() - 1]), Err(Malformed));
         assert_eq!(classify(&format!("{s}x")), Err(Malformed));
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        let id = generate_id();
+        assert_eq!(format_id(parse_id(&id).unwrap()), id);
+        assert_eq!(parse_id("key_00000000000000ff"), Some(255));
+        for bad in ["key_ff", "key_00000000000000FF", "kez_00000000000000ff", "key_0000000000000g00"] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -142,6 +142,18 @@ where
         }
     }
 
+    /// A builder that fills shards directly, for loading a whole store
+    /// without an intermediate list.
+    pub fn builder() -> ShardMapBuilder<K, V, S> {
+        let state = S::default();
+        ShardMapBuilder {
+            shards: (0..SHARDS)
+                .map(|_| HashMap::with_hasher(state.clone()))
+                .collect(),
+            state,
+        }
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.len
@@ -200,6 +212,42 @@ where
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.shards.iter().flat_map(|s| s.iter())
+    }
+}
+
+/// See [`ShardMap::builder`].
+pub struct ShardMapBuilder<K, V, S> {
+    shards: Vec<HashMap<K, V, S>>,
+    state: S,
+}
+
+impl<K, V, S> ShardMapBuilder<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone + Default,
+{
+    /// Adds an entry.
+    pub fn insert(&mut self, key: K, value: V) {
+        let h = self.state.hash_one(&key);
+        self.shards[shard_of(h)].insert(key, value);
+    }
+
+    /// The finished map.
+    pub fn finish(self) -> ShardMap<K, V, S> {
+        let len = self.shards.iter().map(HashMap::len).sum();
+        ShardMap {
+            shards: self
+                .shards
+                .into_iter()
+                .map(|mut s| {
+                    s.shrink_to_fit();
+                    Arc::new(s)
+                })
+                .collect(),
+            state: self.state,
+            len,
+        }
     }
 }
 

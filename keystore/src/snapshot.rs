@@ -105,8 +105,8 @@ pub enum KeyDomains {
 /// A key as enforcement sees it: small, because there may be millions.
 #[derive(Clone, Debug)]
 pub struct KeyEntry {
-    /// Public id.
-    pub id: Arc<str>,
+    /// Public id, as a number (see [`crate::secret::format_id`]).
+    pub id: u64,
     /// The creating user's uid.
     pub user_uid: u64,
     /// The declared domains (interned) and levels.
@@ -118,6 +118,11 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// The public id as text.
+    pub fn id_string(&self) -> String {
+        crate::secret::format_id(self.id)
+    }
+
     /// The declared level on an interned canonical domain name.
     #[inline]
     fn declared(&self, domain: &Arc<str>) -> Option<Access> {
@@ -439,10 +444,11 @@ pub(crate) fn user_entry(u: &UserRecord, org_uid: u64, intern: &mut Interner) ->
     }
 }
 
-/// Builds the enforcement entry for a key record.
-pub(crate) fn key_entry(k: &KeyRecord, intern: &mut Interner) -> KeyEntry {
-    KeyEntry {
-        id: Arc::from(k.id.as_str()),
+/// Builds the enforcement entry for a key record; `None` when its id is not
+/// one scopegate issued.
+pub(crate) fn key_entry(k: &KeyRecord, intern: &mut Interner) -> Option<KeyEntry> {
+    Some(KeyEntry {
+        id: crate::secret::parse_id(&k.id)?,
         user_uid: k.user_uid,
         domains: match &k.scope {
             KeyScope::OrgWide => KeyDomains::All,
@@ -457,7 +463,7 @@ pub(crate) fn key_entry(k: &KeyRecord, intern: &mut Interner) -> KeyEntry {
         },
         expires_at: k.expires_at.unwrap_or(i64::MAX),
         revoked: k.revoked_at.is_some(),
-    }
+    })
 }
 
 /// Builds the enforcement entry for an organisation.
