@@ -6,3 +6,22 @@ pub mod gateway;
 pub mod http;
 pub mod population;
 pub mod sample;
+
+/// The `scopegate` binary of this build (for tests that start real
+/// processes). `cargo test --workspace` builds it, because the gateway
+/// package has integration tests of its own.
+pub fn scopegate_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/scopegate
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = dir.join("scopegate");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p scopegate-gateway`) first",
+        bin.display()
+    );
+    bin
+}
