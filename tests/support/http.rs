@@ -175,6 +175,14 @@ impl Conn {
         }
     }
 
+    /// Reads one response header block and returns its status, without a
+    /// body: for `100 Continue` (or an early final answer) after sending
+    /// only the request header.
+    pub fn read_interim(&mut self) -> u16 {
+        let r = self.read_one(true);
+        r.status
+    }
+
     /// Whether the server closed the connection (reads EOF within `wait`).
     pub fn is_closed(&mut self, wait: Duration) -> bool {
         self.reader.get_ref().set_read_timeout(Some(wait)).unwrap();
