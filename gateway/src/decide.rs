@@ -171,18 +171,17 @@ pub fn decide_head(
         }
         Presented::One(s) => s,
     };
-    let started = Instant::now();
-    let digest: Digest = match keystore.digest(secret) {
-        Ok(d) => d,
-        Err(r) => return refuse_key(metrics, r).into(),
-    };
     let prefix = config.keys.identity_prefix.as_str();
-    {
+    // The key check proper, timed whatever its outcome.
+    let started = Instant::now();
+    let checked: std::result::Result<Digest, Verdict> = (|| {
+        let digest: Digest = keystore
+            .digest(secret)
+            .map_err(|r| refuse_key(metrics, r))?;
         let snap = keystore.snapshot();
-        let principal = match snap.authenticate(&digest, unix_now()) {
-            Ok(p) => p,
-            Err(r) => return refuse_key(metrics, r).into(),
-        };
+        let principal = snap
+            .authenticate(&digest, unix_now())
+            .map_err(|r| refuse_key(metrics, r))?;
         let allowed = match &route.target {
             RouteTarget::Key => principal.authorize(Target::AnyKey),
             RouteTarget::Org => principal.authorize(Target::Organisation),
@@ -209,14 +208,17 @@ pub fn decide_head(
             RouteTarget::Sender(_) => Ok(()),
             RouteTarget::Public => unreachable!("public routes return above"),
         };
-        if let Err(r) = allowed {
-            return refuse_scope(r).into();
-        }
+        allowed.map_err(refuse_scope)?;
         if !matches!(route.target, RouteTarget::Sender(_)) {
             admit(ctx, &principal, snap.version, prefix);
         }
-        metrics.key_check.observe(started.elapsed().as_secs_f64());
-    }
+        Ok(digest)
+    })();
+    metrics.key_check.observe(started.elapsed().as_secs_f64());
+    let digest = match checked {
+        Ok(d) => d,
+        Err(v) => return v.into(),
+    };
     ctx.group = Some(m.entry.group.clone());
     ctx.upstream_uri = Some(upstream_uri(&upstream_segments, req.uri.query(), config));
     match &route.target {

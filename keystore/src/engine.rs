@@ -911,7 +911,9 @@ fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error>
         }
     })?;
     if let Some(id) = bad_id {
-        return Err(StoreError::Incompatible(format!("key id {id:?} is not a scopegate key id")).into());
+        return Err(
+            StoreError::Incompatible(format!("key id {id:?} is not a scopegate key id")).into(),
+        );
     }
     Ok(Snapshot {
         version,

@@ -180,7 +180,11 @@ pub fn format_id(id: u64) -> String {
 /// instead of a string per key).
 pub fn parse_id(id: &str) -> Option<u64> {
     let hex = id.strip_prefix("key_")?;
-    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if hex.len() != 16
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
@@ -218,7 +222,12 @@ mod tests {
         let id = generate_id();
         assert_eq!(format_id(parse_id(&id).unwrap()), id);
         assert_eq!(parse_id("key_00000000000000ff"), Some(255));
-        for bad in ["key_ff", "key_00000000000000FF", "kez_00000000000000ff", "key_0000000000000g00"] {
+        for bad in [
+            "key_ff",
+            "key_00000000000000FF",
+            "kez_00000000000000ff",
+            "key_0000000000000g00",
+        ] {
             assert_eq!(parse_id(bad), None, "{bad}");
         }
     }

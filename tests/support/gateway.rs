@@ -49,6 +49,8 @@ pub struct TestGateway {
     pub store: PathBuf,
     /// The config the gateway runs with.
     pub config: Config,
+    /// Its config file, when started with [`TestGateway::start_reloadable`].
+    pub config_path: Option<PathBuf>,
     stop: StopHandle,
     thread: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -62,6 +64,52 @@ impl TestGateway {
 
     /// A gateway whose config `tweak` may change (after ports and upstreams are set).
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        let token = AdminToken {
+            name: "test".into(),
+            token: ADMIN_TOKEN.into(),
+        };
+        Self::start_with_tokens(vec![token], tweak)
+    }
+
+    /// Like [`TestGateway::start_with`], with these admin tokens (empty: the
+    /// admin API refuses every `/v1` call).
+    pub fn start_with_tokens(
+        admin_tokens: Vec<AdminToken>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestGateway {
+        Self::launch(admin_tokens, tweak, None)
+    }
+
+    /// A gateway started from a config file (written from the test's ports
+    /// and mocks, plus `extra` TOML), so that it can be reloaded: rewrite the
+    /// file with [`TestGateway::write_config`], then `POST /v1/reload`.
+    pub fn start_reloadable(extra: &str) -> TestGateway {
+        let token = AdminToken {
+            name: "test".into(),
+            token: ADMIN_TOKEN.into(),
+        };
+        Self::launch(vec![token], |_| {}, Some(extra))
+    }
+
+    /// The config file of a reloadable gateway: its fixed settings plus `extra`.
+    pub fn config_text(&self, extra: &str) -> String {
+        base_toml(&self.config, self.sending.addr(), self.domains.addr()) + extra
+    }
+
+    /// Rewrites the config file of a reloadable gateway.
+    pub fn write_config(&self, extra: &str) {
+        let path = self
+            .config_path
+            .as_ref()
+            .expect("started with start_reloadable");
+        std::fs::write(path, self.config_text(extra)).expect("write config");
+    }
+
+    fn launch(
+        admin_tokens: Vec<AdminToken>,
+        tweak: impl FnOnce(&mut Config),
+        file: Option<&str>,
+    ) -> TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let sending = MockUpstream::spawn("sending").expect("mock sending");
         let domains = MockUpstream::spawn("domains").expect("mock domains");
@@ -81,18 +129,22 @@ impl TestGateway {
         }
         tweak(&mut config);
         config.validate().expect("test config is valid");
+        let config_path = file.map(|extra| {
+            let path = dir.path().join("scopegate.toml");
+            let text = base_toml(&config, sending.addr(), domains.addr()) + extra;
+            std::fs::write(&path, text).expect("write config");
+            config = Config::load(&path).expect("test config file is valid");
+            path
+        });
         let keystore =
             Arc::new(KeyStore::open_sqlite(&config.store, Pepper::new(PEPPER)).expect("store"));
         let launch = Launch {
             config: config.clone(),
-            config_path: None,
+            config_path: config_path.clone(),
             overrides: Default::default(),
             secrets: Secrets {
                 pepper: PEPPER.to_vec(),
-                admin_tokens: vec![AdminToken {
-                    name: "test".into(),
-                    token: ADMIN_TOKEN.into(),
-                }],
+                admin_tokens,
             },
             keystore: Arc::clone(&keystore),
         };
@@ -112,6 +164,7 @@ impl TestGateway {
             domains,
             store: config.store.clone(),
             config,
+            config_path,
             stop,
             thread: Some(thread),
             _dir: dir,
@@ -167,4 +220,20 @@ impl Drop for TestGateway {
     fn drop(&mut self) {
         self.shutdown(Stop::Fast);
     }
+}
+
+/// The settings a reloadable test gateway cannot change without a restart,
+/// plus its upstream groups, as TOML.
+fn base_toml(c: &Config, sending: SocketAddr, domains: SocketAddr) -> String {
+    format!(
+        "listen = \"{}\"\nadmin_listen = \"{}\"\nstore = \"{}\"\nthreads = {}\ngrace_period_ms = {}\n\n\
+         [log]\naccess_log = \"off\"\n\n\
+         [upstreams.sending]\nbackends = [\"{sending}\"]\nhealth_check_interval_ms = 200\n\n\
+         [upstreams.domains]\nbackends = [\"{domains}\"]\nhealth_check_interval_ms = 200\n\n",
+        c.listen,
+        c.admin_listen,
+        c.store.display(),
+        c.threads,
+        c.grace_period.as_millis()
+    )
 }
