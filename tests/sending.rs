@@ -374,3 +374,33 @@ fn a_key_revoked_while_its_body_uploads_is_refused() {
     assert_eq!(r.status, 401);
     assert_eq!(gw.sending.count(), 0);
 }
+
+#[test]
+fn streamed_bodies_of_other_routes_are_limited_too() {
+    let gw = TestGateway::start_with(|c| {
+        for r in &mut c.routes {
+            if r.path.raw == "/domains/{domain}/**" {
+                r.max_body_bytes = 1000;
+            }
+        }
+    });
+    let keys = sample::setup(&gw.keystore);
+    let ok = Request::new("PUT", "/domains/staging.example.com/settings")
+        .bearer(&keys.dev)
+        .body(vec![b'x'; 1000]);
+    assert_eq!(gw.send(ok).status, 200);
+    assert_eq!(gw.domains.requests()[0].body_len, 1000);
+    let by_length = Request::new("PUT", "/domains/staging.example.com/settings")
+        .bearer(&keys.dev)
+        .body(vec![b'x'; 1001]);
+    assert_eq!(gw.send(by_length).status, 413);
+    assert_eq!(gw.domains.count(), 1, "refused by length before forwarding");
+    let by_stream = Request::new("PUT", "/domains/staging.example.com/settings")
+        .bearer(&keys.dev)
+        .body(vec![b'x'; 5000])
+        .chunked(500);
+    let r = gw.send(by_stream);
+    assert_eq!(r.status, 413, "{}", r.text());
+    // The upstream never gets a complete over-limit body.
+    assert!(gw.domains.requests().iter().all(|r| r.body_len <= 1000));
+}

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Config and flags.
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// BENCHMARKS ONLY: forward every request to this upstream group with no
+    /// key check at all, to measure plain Pingora beside enforcement.
+    #[arg(long, hide = true, value_name = "GROUP")]
+    pub bench_passthrough: Option<String>,
 }
 
 /// `scopegate check`.
@@ -125,6 +129,9 @@ pub struct MockArgs {
     /// Name shown in its output (sending, domains).
     #[arg(long, default_value = "upstream")]
     pub name: String,
+    /// Print nothing per request (for load runs).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// Sets up process logs: info for scopegate, warnings for Pingora, unless
@@ -171,6 +178,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             overrides,
             secrets,
             keystore,
+            passthrough: args.bench_passthrough.clone(),
         },
         Box::new(server::UnixSignals),
     )?;
@@ -202,7 +210,7 @@ pub fn main() -> i32 {
         Command::Demo(a) => crate::demo::run(a),
         Command::Check(a) => check(a),
         Command::Admin(a) => crate::admin_cli::run(a),
-        Command::MockUpstream(a) => crate::mock::run_standalone(&a.name, a.listen)
+        Command::MockUpstream(a) => crate::mock::run_standalone(&a.name, a.listen, a.quiet)
             .map(|()| 0)
             .map_err(Into::into),
     };

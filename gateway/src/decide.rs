@@ -227,7 +227,15 @@ pub fn decide_head(
             spec: spec.clone(),
             limit: route.max_body_bytes,
         },
-        _ => Head::Forward,
+        _ => {
+            // Streamed bodies: refuse a declared length over the limit now;
+            // `request_body_filter` counts the bytes of the others.
+            ctx.body_limit = route.max_body_bytes;
+            if content_length(req).is_some_and(|n| n > route.max_body_bytes) {
+                return Head::Refuse(Reply::TooLarge, Outcome::TooLarge, Some("content_length"));
+            }
+            Head::Forward
+        }
     }
 }
 

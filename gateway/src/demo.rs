@@ -369,6 +369,7 @@ fn start_gateway(
             }],
         },
         keystore: Arc::clone(&keystore),
+        passthrough: None,
     };
     let (state, _log_thread) = server::build_state(&launch)?;
     let (stop, signal) = server::stop_channel();

@@ -68,4 +68,7 @@ pub struct State {
     pub overrides: Overrides,
     /// Set once the listeners are bound; `/readyz` needs it.
     pub listening: AtomicBool,
+    /// Benchmarks only: the upstream group everything is forwarded to
+    /// unchecked (see `scopegate serve --bench-passthrough`).
+    pub passthrough: Option<String>,
 }

@@ -268,9 +268,10 @@ impl Drop for MockUpstream {
 ///
 /// Once the listener is bound and the signal handlers are installed it prints
 /// `[mock NAME] listening on ADDR` to stdout, which a parent can wait for.
-pub fn run_standalone(name: &str, addr: SocketAddr) -> io::Result<()> {
+pub fn run_standalone(name: &str, addr: SocketAddr, quiet: bool) -> io::Result<()> {
     let mock = MockUpstream::spawn_on(name, addr)?;
-    mock.set_printing(true);
+    mock.set_printing(!quiet);
+    mock.set_recording(false);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -281,9 +282,19 @@ pub fn run_standalone(name: &str, addr: SocketAddr) -> io::Result<()> {
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
             say(format_args!("[mock {name}] listening on {}", mock.addr()));
+            // A mock started by another process (the demo, a bench script)
+            // goes away with it, even when that process was SIGKILLed.
+            let parent = std::os::unix::process::parent_id();
+            let orphaned = async {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+                while std::os::unix::process::parent_id() == parent {
+                    tick.tick().await;
+                }
+            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
+                _ = orphaned => {}
             }
         }
         #[cfg(not(unix))]

@@ -54,6 +54,10 @@ pub struct Ctx {
     pub upstream_sent: Option<Instant>,
     /// Whether `in_flight` was incremented for this request.
     pub counted: bool,
+    /// Largest body a streamed (not inspected) request may send; 0 = no limit.
+    pub body_limit: u64,
+    /// Body bytes streamed upstream so far.
+    pub body_seen: u64,
 }
 
 impl Ctx {
@@ -77,6 +81,8 @@ impl Ctx {
             bytes_in: 0,
             upstream_sent: None,
             counted: false,
+            body_limit: 0,
+            body_seen: 0,
         }
     }
 }
@@ -172,6 +178,11 @@ impl ProxyHttp for Proxy {
         ctx.counted = true;
         let routing = self.state.routing.load_full();
         ctx.routing = Some(Arc::clone(&routing));
+        if let Some(group) = &self.state.passthrough {
+            ctx.group = routing.groups.get(group).cloned();
+            ctx.outcome = Some(Outcome::Admitted);
+            return Ok(false);
+        }
         match crate::decide::decide(&self.state, &routing, session, ctx).await? {
             crate::decide::Verdict::Forward => Ok(false),
             crate::decide::Verdict::Answered => Ok(true),
@@ -179,6 +190,30 @@ impl ProxyHttp for Proxy {
                 self.refuse(session, ctx, reply, outcome, reason).await
             }
         }
+    }
+
+    /// Counts streamed body bytes and cuts a body off at the route's limit
+    /// (one without a Content-Length, which was checked up front).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_limit > 0 && ctx.body_seen > ctx.body_limit {
+                ctx.outcome = Some(Outcome::TooLarge);
+                ctx.reason = Some("body_stream");
+                return Err(Error::explain(
+                    ErrorType::Custom("body over the route's limit"),
+                    "request body over the route's limit",
+                )
+                .into_down());
+            }
+        }
+        Ok(())
     }
 
     /// Picks a healthy backend of the route's group, round robin.
@@ -204,6 +239,9 @@ impl ProxyHttp for Proxy {
             .routing
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing"))?;
+        if self.state.passthrough.is_some() {
+            return Ok(());
+        }
         crate::forward::rewrite_request(upstream_request, ctx, &routing.config)
     }
 
@@ -260,7 +298,11 @@ impl ProxyHttp for Proxy {
                 .with_label_values(&[group.name.as_str(), kind])
                 .inc();
         }
-        let reply = failure.map(|(r, _)| r);
+        let reply = if ctx.outcome == Some(Outcome::TooLarge) {
+            Some(Reply::TooLarge)
+        } else {
+            failure.map(|(r, _)| r)
+        };
         let code = match reply {
             Some(r) if session.response_written().is_none() => {
                 ctx.status = r.status();

@@ -34,6 +34,9 @@ pub struct Launch {
     pub secrets: Secrets,
     /// The opened key store.
     pub keystore: Arc<KeyStore>,
+    /// Benchmarks only: forward everything to this upstream group with no
+    /// check at all (plain Pingora), to measure what enforcement costs.
+    pub passthrough: Option<String>,
 }
 
 /// How a caller asks a running gateway to stop.
@@ -154,6 +157,12 @@ pub fn build_state(
 ) -> anyhow::Result<(Arc<State>, Option<std::thread::JoinHandle<()>>)> {
     let metrics = Arc::new(Metrics::new());
     let routing = Routing::build(launch.config.clone(), &metrics).map_err(anyhow::Error::msg)?;
+    if let Some(g) = &launch.passthrough {
+        anyhow::ensure!(
+            routing.groups.contains_key(g),
+            "--bench-passthrough {g}: no upstream group of that name"
+        );
+    }
     let (access_log, log_thread) =
         AccessLog::start(&launch.config.log, metrics.access_log_dropped.clone())?;
     let state = Arc::new(State {
@@ -166,6 +175,7 @@ pub fn build_state(
         config_path: launch.config_path.clone(),
         overrides: launch.overrides.clone(),
         listening: Default::default(),
+        passthrough: launch.passthrough.clone(),
     });
     Ok((state, log_thread))
 }

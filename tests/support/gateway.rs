@@ -147,6 +147,7 @@ impl TestGateway {
                 admin_tokens,
             },
             keystore: Arc::clone(&keystore),
+            passthrough: None,
         };
         let (state, _log) = server::build_state(&launch).expect("state");
         let (stop, signal) = server::stop_channel();
