@@ -380,3 +380,37 @@ fn reload_under_load_drops_nothing_and_a_bad_file_changes_nothing() {
         2.0
     );
 }
+
+/// Every metric the sample dashboard and alert rules use exists, so the
+/// files in docs/ cannot drift from the code.
+#[test]
+fn dashboard_and_alerts_use_only_real_metrics() {
+    let gw = TestGateway::start();
+    let m = gw.metrics();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for file in ["docs/dashboard.json", "docs/alerts.yml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        if file.ends_with(".json") {
+            serde_json::from_str::<serde_json::Value>(&text).expect("the dashboard is JSON");
+        }
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("scopegate_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                m.contains(&format!("# TYPE {base} ")),
+                "{file} uses {name}, which /metrics does not export"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20);
+}

@@ -231,6 +231,18 @@ impl Metrics {
         for result in ["ok", "rejected"] {
             reloads.with_label_values(&[result]);
         }
+        for kind in [
+            "put_org",
+            "put_user",
+            "deactivate_user",
+            "delete_user",
+            "create_key",
+            "revoke_key",
+        ] {
+            for result in ["ok", "rejected", "error"] {
+                admin_mutations.with_label_values(&[kind, result]);
+            }
+        }
         Metrics {
             registry,
             requests,
@@ -248,6 +260,15 @@ impl Metrics {
             store_errors,
             access_log_dropped,
             reloads,
+        }
+    }
+
+    /// Registers an upstream group's series at zero, so dashboards and
+    /// alerts see them before the first request or failure.
+    pub fn register_upstream(&self, group: &str) {
+        self.upstream.with_label_values(&[group]);
+        for kind in ["connect", "timeout", "other"] {
+            self.upstream_errors.with_label_values(&[group, kind]);
         }
     }
 

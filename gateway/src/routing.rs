@@ -67,6 +67,7 @@ impl Routing {
     pub fn build(config: Config, metrics: &crate::metrics::Metrics) -> Result<Routing, String> {
         let mut groups = BTreeMap::new();
         for (name, settings) in &config.upstreams {
+            metrics.register_upstream(name);
             let lb = LoadBalancer::<RoundRobin>::try_from_iter(
                 settings.backends.iter().map(String::as_str),
             )
