@@ -86,8 +86,11 @@ fn response(a: Answer) -> Response<Vec<u8>> {
         .unwrap_or_default();
     let mut r = Response::builder()
         .status(a.status)
-        .header("Content-Length", body.len().to_string())
         .header("Cache-Control", "no-store");
+    // A 204 has no body and must not say it has one (RFC 9110 §8.6).
+    if a.status != StatusCode::NO_CONTENT {
+        r = r.header("Content-Length", body.len().to_string());
+    }
     if !body.is_empty() {
         r = r.header("Content-Type", "application/json");
     }
