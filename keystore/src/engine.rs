@@ -898,7 +898,7 @@ fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error>
         ));
         users.push((u.uid, Arc::new(entry)));
     }
-    let mut keys = crate::ShardMap::builder();
+    let mut keys = crate::DigestMap::new();
     let mut live = 0;
     let mut bad_id = None;
     store.for_each_key(&mut |k| {
@@ -906,7 +906,9 @@ fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error>
             live += 1;
         }
         match key_entry(&k, intern) {
-            Some(e) => keys.insert(k.digest, e),
+            Some(e) => {
+                keys.insert(k.digest, e);
+            }
             None => bad_id = Some(k.id),
         }
     })?;
@@ -922,7 +924,10 @@ fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error>
         org_ids: crate::ShardMap::from_entries(org_ids),
         users: crate::ShardMap::from_entries(users),
         user_ids: crate::ShardMap::from_entries(user_ids),
-        keys: keys.finish(),
+        keys: {
+            keys.compact();
+            keys
+        },
         live_keys: live,
     })
 }

@@ -11,8 +11,10 @@
 //!   keyed BLAKE3 digest — the only form in which a key is stored.
 //! - [`snapshot`]: one immutable version of the access data and the decision
 //!   itself: effective level = min(key scope, creator's level now).
-//! - [`shardmap`]: the copy-on-write sharded table that makes a one-key
-//!   change at a million keys cost microseconds, not a table copy.
+//! - [`digest_map`]: the key table — open addressing on the digest's own
+//!   bytes, one memory access per lookup, 1024 copy-on-write shards so a
+//!   one-key change at a million keys costs microseconds, not a table copy;
+//!   [`shardmap`]: the same sharding over hashbrown for users and orgs.
 //! - [`store`]: the durable store trait and its change vocabulary;
 //!   [`sqlite`]: the embedded SQLite implementation.
 //! - [`engine`]: [`KeyStore`], the lock-free reader side and the single writer
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod digest_map;
 pub mod engine;
 pub mod model;
 pub mod secret;
@@ -29,6 +32,7 @@ pub mod sqlite;
 pub mod store;
 pub mod time;
 
+pub use digest_map::DigestMap;
 pub use engine::{
     Applied, Counts, CreatedKey, Decision, DomainInput, Error, ErrorKind, Identity, KeyStore,
     NewKey, UserInput,

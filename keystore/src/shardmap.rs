@@ -1,10 +1,11 @@
 //! A copy-on-write hash map split into shards, so that a snapshot can be
 //! cloned for free and one change copies one shard rather than the table.
+//! Used for users and organisations; keys have their own table
+//! ([`crate::digest_map`]).
 //!
 //! Persistent maps (HAMTs such as `imbl`) give the same O(1) clone, but each
 //! lookup walks several levels of nodes. Here a lookup is one array index and
-//! one SwissTable probe, and a change at 1M entries copies ~1k entries plus the
-//! shard array: measured in `benches/keystore.rs`.
+//! one SwissTable probe, and a change copies one shard plus the shard array.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -16,39 +17,6 @@ use hashbrown::HashMap;
 /// shard copy on each change.
 const SHARD_BITS: u32 = 10;
 const SHARDS: usize = 1 << SHARD_BITS;
-
-/// The hasher for maps keyed by [`crate::Digest`]: the digest writes its first
-/// eight bytes with `write_u64`, and that is the hash — no second hashing.
-#[derive(Clone, Copy, Default, Debug)]
-pub struct IdentityState;
-
-/// See [`IdentityState`].
-#[derive(Default)]
-pub struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached by keys that do not use write_u64; fold them in.
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0 ^ u64::from_le_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-impl BuildHasher for IdentityState {
-    type Hasher = IdentityHasher;
-    fn build_hasher(&self) -> IdentityHasher {
-        IdentityHasher(0)
-    }
-}
 
 /// The hasher for maps keyed by sequential numbers (organisation and user
 /// uids): one multiply-xorshift round spreads them over buckets, tags and shards.
@@ -142,18 +110,6 @@ where
         }
     }
 
-    /// A builder that fills shards directly, for loading a whole store
-    /// without an intermediate list.
-    pub fn builder() -> ShardMapBuilder<K, V, S> {
-        let state = S::default();
-        ShardMapBuilder {
-            shards: (0..SHARDS)
-                .map(|_| HashMap::with_hasher(state.clone()))
-                .collect(),
-            state,
-        }
-    }
-
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.len
@@ -212,42 +168,6 @@ where
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.shards.iter().flat_map(|s| s.iter())
-    }
-}
-
-/// See [`ShardMap::builder`].
-pub struct ShardMapBuilder<K, V, S> {
-    shards: Vec<HashMap<K, V, S>>,
-    state: S,
-}
-
-impl<K, V, S> ShardMapBuilder<K, V, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone,
-    S: BuildHasher + Clone + Default,
-{
-    /// Adds an entry.
-    pub fn insert(&mut self, key: K, value: V) {
-        let h = self.state.hash_one(&key);
-        self.shards[shard_of(h)].insert(key, value);
-    }
-
-    /// The finished map.
-    pub fn finish(self) -> ShardMap<K, V, S> {
-        let len = self.shards.iter().map(HashMap::len).sum();
-        ShardMap {
-            shards: self
-                .shards
-                .into_iter()
-                .map(|mut s| {
-                    s.shrink_to_fit();
-                    Arc::new(s)
-                })
-                .collect(),
-            state: self.state,
-            len,
-        }
     }
 }
 

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use crate::digest_map::DigestMap;
 use crate::model::{Access, KeyRecord, KeyScope, Role, Status, UserRecord};
-use crate::shardmap::{IdentityState, MixState, ShardMap};
+use crate::shardmap::{MixState, ShardMap};
 use crate::Digest;
 
 /// An organisation as enforcement sees it.
@@ -243,7 +244,7 @@ pub struct Snapshot {
     /// (organisation, user id) -> uid (the admin path).
     pub user_ids: ShardMap<UserKey, u64>,
     /// Keys by digest, revoked ones included.
-    pub keys: ShardMap<Digest, KeyEntry, IdentityState>,
+    pub keys: DigestMap<KeyEntry>,
     /// Keys not revoked (expired ones included).
     pub live_keys: usize,
 }
@@ -281,7 +282,7 @@ impl Snapshot {
             org_ids: ShardMap::new(),
             users: ShardMap::new(),
             user_ids: ShardMap::new(),
-            keys: ShardMap::new(),
+            keys: DigestMap::new(),
             live_keys: 0,
         }
     }
