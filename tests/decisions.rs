@@ -353,3 +353,46 @@ fn upstream_down_or_failing_is_a_json_502() {
         "{m}"
     );
 }
+
+#[test]
+fn a_failed_send_is_never_retried() {
+    let (gw, keys) = setup();
+    gw.sending.set_behavior(Behavior::CloseWithoutResponse);
+    for body_size in [100, 100 * 1024] {
+        gw.sending.clear();
+        let mut body = serde_json::json!({"From": "dev@staging.example.com", "HtmlBody": ""});
+        body["HtmlBody"] = serde_json::json!("x".repeat(body_size));
+        let r = gw.send(Request::new("POST", "/email").bearer(&keys.dev).json(&body));
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_eq!(
+            gw.sending.count(),
+            1,
+            "a send of {body_size} bytes was retried: a duplicate email"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_or_slow_upstream_is_502_or_504() {
+    let gw = TestGateway::start_with(|c| {
+        let dead = scopegate_suite::gateway::free_port();
+        let d = c.upstreams.get_mut("domains").unwrap();
+        d.backends = vec![dead.to_string()];
+        d.health_check_interval = None;
+        let s = c.upstreams.get_mut("sending").unwrap();
+        s.read_timeout = std::time::Duration::from_millis(200);
+    });
+    let keys = sample::setup(&gw.keystore);
+    let r = gw.send(Request::new("GET", "/domains/staging.example.com").bearer(&keys.dev));
+    assert_eq!(r.status, 502);
+    assert_eq!(r.error_code(), "bad_gateway");
+    gw.sending
+        .set_behavior(Behavior::Delay(std::time::Duration::from_secs(5)));
+    let r = gw.send(
+        Request::new("POST", "/email")
+            .bearer(&keys.dev)
+            .json(&serde_json::json!({"From": "dev@staging.example.com"})),
+    );
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.error_code(), "gateway_timeout");
+}
