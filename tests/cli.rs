@@ -294,3 +294,99 @@ fn sighup_reloads_the_config_file_and_sigterm_drains() {
         "a key reached the process log"
     );
 }
+
+#[test]
+fn every_admin_change_is_audited_with_actor_change_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let sending = MockUpstream::spawn("sending").unwrap();
+    let domains = MockUpstream::spawn("domains").unwrap();
+    let path = config_file(dir.path(), sending.addr(), domains.addr(), "");
+    let mut gw = {
+        // Same as serve(), with the audit target on.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let addr = |key: &str| -> SocketAddr {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .unwrap()
+                .split('"')
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let child = bin()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("SCOPEGATE_PEPPER", std::str::from_utf8(PEPPER).unwrap())
+            .env("SCOPEGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn,scopegate::audit=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let s = Serve {
+            child,
+            proxy: addr("listen ="),
+            admin: addr("admin_listen ="),
+        };
+        poll("serve", || {
+            std::net::TcpStream::connect(s.admin).is_ok()
+                && Request::new("GET", "/healthz").send(s.admin).status == 200
+        });
+        s
+    };
+    let admin = |r: Request| r.bearer(ADMIN_TOKEN).send(gw.admin);
+    assert_eq!(
+        admin(
+            Request::new("PUT", "/v1/orgs/acme")
+                .json(&serde_json::json!({"domains": ["example.com"]}))
+        )
+        .status,
+        201
+    );
+    assert_eq!(
+        admin(
+            Request::new("PUT", "/v1/orgs/acme/users/owner@acme.test")
+                .json(&serde_json::json!({"role": "owner"}))
+        )
+        .status,
+        201
+    );
+    let created = admin(
+        Request::new("POST", "/v1/orgs/acme/keys")
+            .json(&serde_json::json!({"user": "owner@acme.test", "org_wide": true})),
+    );
+    assert_eq!(created.status, 201);
+    let secret = created.json()["key"].as_str().unwrap().to_string();
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let revoked = admin(Request::new("DELETE", &format!("/v1/keys/{id}")));
+    let version = revoked.json()["version"].as_u64().unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    gw.child.wait().unwrap();
+    let mut err = String::new();
+    for line in BufReader::new(gw.child.stderr.take().unwrap()).lines() {
+        err.push_str(&line.unwrap());
+        err.push('\n');
+    }
+    for needle in [
+        "actor=admin change=put_org subject=acme".to_string(),
+        "actor=admin change=put_user subject=acme/owner@acme.test".to_string(),
+        format!("actor=admin change=create_key subject=acme/{id}"),
+        format!("actor=admin change=revoke_key subject={id} version={version}"),
+    ] {
+        assert!(
+            err.contains(&needle),
+            "{needle} not in the audit log:\n{err}"
+        );
+    }
+    assert!(!err.contains(&secret), "the secret reached the log");
+    assert!(
+        !err.contains(ADMIN_TOKEN),
+        "the admin token reached the log"
+    );
+}
