@@ -36,6 +36,9 @@ pub enum Command {
     Admin(crate::admin_cli::AdminArgs),
     /// Run the bundled mock of the sending/domain APIs (used by the demo).
     MockUpstream(MockArgs),
+    /// Load-test key checks: a gateway, an auditing upstream, a key
+    /// population and revocations during the load; fails if anything leaked.
+    Loadtest(crate::loadtest::LoadtestArgs),
 }
 
 /// Flags shared by `serve` and `check`: they override the config file.
@@ -210,6 +213,7 @@ pub fn main() -> i32 {
         Command::Demo(a) => crate::demo::run(a),
         Command::Check(a) => check(a),
         Command::Admin(a) => crate::admin_cli::run(a),
+        Command::Loadtest(a) => crate::loadtest::run(a),
         Command::MockUpstream(a) => crate::mock::run_standalone(&a.name, a.listen, a.quiet)
             .map(|()| 0)
             .map_err(Into::into),

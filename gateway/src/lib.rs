@@ -30,6 +30,7 @@ pub mod decide;
 pub mod demo;
 pub mod forward;
 pub mod keys;
+pub mod loadtest;
 pub mod metrics;
 pub mod mock;
 pub mod offline;
