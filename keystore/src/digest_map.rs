@@ -5,9 +5,16 @@
 //! different places, so a lookup at a million keys pays two cache misses. A
 //! digest is already uniform, and keys are never deleted (revoked keys stay,
 //! marked), so a plain open-addressing table with linear probing does with
-//! one: the first slot is at `digest[0..8] * capacity >> 64` and the entry is
-//! in the slot itself. Capacity is sized to the entry count (not rounded to
-//! a power of two), which also saves memory.
+//! one: the first slot is at `digest[0..8] * capacity >> 64`, and a slot is
+//! one 64-byte cache line holding the first 16 bytes of the digest and the
+//! entry itself. Capacity is sized to the entry count (not rounded to a power
+//! of two), which also saves memory.
+//!
+//! Sixteen bytes of a keyed BLAKE3 digest are a 128-bit MAC: without the
+//! pepper, a guessed secret matches any of a million stored keys with
+//! probability 2^-108. An all-zero prefix marks an empty slot; a digest with
+//! that prefix (probability 2^-128) is never stored, so such a key is refused
+//! rather than confused with an empty slot — the table fails closed.
 //!
 //! Like [`crate::ShardMap`], the table is split into 1024 copy-on-write
 //! shards (chosen by other digest bits), so a snapshot clones in O(1) and a
@@ -23,10 +30,30 @@ const SHARDS: usize = 1 << SHARD_BITS;
 /// probing stays short at 3/4.
 const MAX_LOAD_EIGHTHS: usize = 6;
 
+/// The part of a digest the table keeps and compares.
+type Prefix = [u8; 16];
+const EMPTY: Prefix = [0; 16];
+
+#[inline]
+fn prefix(d: &Digest) -> Prefix {
+    let mut p = [0u8; 16];
+    p.copy_from_slice(&d.0[..16]);
+    p
+}
+
+/// One slot: a cache line holding the digest prefix and the entry.
+#[derive(Clone, Default)]
+#[repr(C, align(64))]
+struct Slot<V> {
+    key: Prefix,
+    value: V,
+}
+
 /// One shard: an open-addressing table with linear probing and no deletion.
+/// Empty slots have the all-zero prefix and a default value.
 #[derive(Clone)]
 struct Table<V> {
-    slots: Box<[Option<(Digest, V)>]>,
+    slots: Box<[Slot<V>]>,
     len: usize,
 }
 
@@ -49,14 +76,14 @@ fn shard_of(d: &Digest) -> usize {
     u16::from_le_bytes([d.0[8], d.0[9]]) as usize & (SHARDS - 1)
 }
 
-impl<V: Clone> Table<V> {
+impl<V: Clone + Default> Table<V> {
     fn capacity_for(n: usize) -> usize {
         (n * 8 / MAX_LOAD_EIGHTHS).max(8) + 1
     }
 
     fn with_capacity(cap: usize) -> Self {
         Table {
-            slots: (0..cap).map(|_| None).collect(),
+            slots: (0..cap).map(|_| Slot::default()).collect(),
             len: 0,
         }
     }
@@ -64,59 +91,68 @@ impl<V: Clone> Table<V> {
     #[inline]
     fn get(&self, d: &Digest) -> Option<&V> {
         let cap = self.slots.len();
-        if cap == 0 {
+        let key = prefix(d);
+        if cap == 0 || key == EMPTY {
             return None;
         }
         let mut i = first_slot(d, cap);
         loop {
-            match &self.slots[i] {
-                None => return None,
-                Some((k, v)) if k == d => return Some(v),
-                Some(_) => {
-                    i += 1;
-                    if i == cap {
-                        i = 0;
-                    }
-                }
+            let slot = &self.slots[i];
+            if slot.key == key {
+                return Some(&slot.value);
+            }
+            if slot.key == EMPTY {
+                return None;
+            }
+            i += 1;
+            if i == cap {
+                i = 0;
             }
         }
     }
 
-    /// Inserts or replaces; the table must have a free slot.
-    fn put(&mut self, d: Digest, v: V) -> Option<V> {
+    /// Inserts or replaces (keyed by the prefix); the table must have a free slot.
+    fn put(&mut self, d: &Digest, key: Prefix, v: V) -> Option<V> {
         let cap = self.slots.len();
-        let mut i = first_slot(&d, cap);
+        let mut i = first_slot(d, cap);
         loop {
-            match &mut self.slots[i] {
-                slot @ None => {
-                    *slot = Some((d, v));
-                    self.len += 1;
-                    return None;
-                }
-                Some((k, old)) if *k == d => return Some(std::mem::replace(old, v)),
-                Some(_) => {
-                    i += 1;
-                    if i == cap {
-                        i = 0;
-                    }
-                }
+            let slot = &mut self.slots[i];
+            if slot.key == key {
+                return Some(std::mem::replace(&mut slot.value, v));
+            }
+            if slot.key == EMPTY {
+                *slot = Slot { key, value: v };
+                self.len += 1;
+                return None;
+            }
+            i += 1;
+            if i == cap {
+                i = 0;
             }
         }
     }
 
-    fn insert(&mut self, d: Digest, v: V) -> Option<V> {
-        if (self.len + 1) * 8 > self.slots.len() * MAX_LOAD_EIGHTHS {
-            let mut bigger = Table::with_capacity(Self::capacity_for((self.len + 1) * 2));
-            for (k, v) in std::mem::take(&mut self.slots)
-                .into_vec()
-                .into_iter()
-                .flatten()
-            {
-                bigger.put(k, v);
+    fn rebuilt(&mut self, cap: usize) -> Table<V> {
+        let mut t = Table::with_capacity(cap);
+        for slot in std::mem::take(&mut self.slots).into_vec() {
+            if slot.key != EMPTY {
+                // The first slot depends only on the leading bytes, which the
+                // prefix keeps.
+                let mut d = Digest([0; 32]);
+                d.0[..16].copy_from_slice(&slot.key);
+                t.put(&d, slot.key, slot.value);
             }
-            *self = bigger;
         }
-        self.put(d, v)
+        t
+    }
+
+    fn insert(&mut self, d: &Digest, v: V) -> Option<V> {
+        let key = prefix(d);
+        debug_assert_ne!(key, EMPTY, "callers filter the empty prefix");
+        if (self.len + 1) * 8 > self.slots.len() * MAX_LOAD_EIGHTHS {
+            *self = self.rebuilt(Self::capacity_for((self.len + 1) * 2));
+        }
+        self.put(d, key, v)
     }
 }
 
@@ -135,7 +171,7 @@ impl<V> Clone for DigestMap<V> {
     }
 }
 
-impl<V: Clone> Default for DigestMap<V> {
+impl<V: Clone + Default> Default for DigestMap<V> {
     fn default() -> Self {
         DigestMap {
             shards: (0..SHARDS).map(|_| Arc::new(Table::default())).collect(),
@@ -144,7 +180,7 @@ impl<V: Clone> Default for DigestMap<V> {
     }
 }
 
-impl<V: Clone> DigestMap<V> {
+impl<V: Clone + Default> DigestMap<V> {
     /// An empty map.
     pub fn new() -> Self {
         Self::default()
@@ -159,15 +195,7 @@ impl<V: Clone> DigestMap<V> {
             let want = Table::<V>::capacity_for(shard.len);
             if shard.slots.len() > want {
                 let t = Arc::make_mut(shard);
-                let mut fitted = Table::with_capacity(want);
-                for (k, v) in std::mem::take(&mut t.slots)
-                    .into_vec()
-                    .into_iter()
-                    .flatten()
-                {
-                    fitted.put(k, v);
-                }
-                *t = fitted;
+                *t = t.rebuilt(want);
             }
         }
     }
@@ -191,8 +219,12 @@ impl<V: Clone> DigestMap<V> {
     /// Inserts or replaces, copying the shard array and one shard if another
     /// snapshot shares them.
     pub fn insert(&mut self, d: Digest, v: V) -> Option<V> {
+        if prefix(&d) == EMPTY {
+            // Never stored: see the module documentation.
+            return None;
+        }
         let shards = Arc::make_mut(&mut self.shards);
-        let old = Arc::make_mut(&mut shards[shard_of(&d)]).insert(d, v);
+        let old = Arc::make_mut(&mut shards[shard_of(&d)]).insert(&d, v);
         if old.is_none() {
             self.len += 1;
         }
@@ -200,10 +232,10 @@ impl<V: Clone> DigestMap<V> {
     }
 
     /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Digest, &V)> {
+    pub fn values(&self) -> impl Iterator<Item = &V> {
         self.shards
             .iter()
-            .flat_map(|t| t.slots.iter().flatten().map(|(k, v)| (k, v)))
+            .flat_map(|t| t.slots.iter().filter(|s| s.key != EMPTY).map(|s| &s.value))
     }
 }
 
@@ -230,7 +262,7 @@ mod tests {
         for i in 20_000..21_000 {
             assert_eq!(m.get(&digest(i)), None);
         }
-        assert_eq!(m.iter().count(), 20_000);
+        assert_eq!(m.values().count(), 20_000);
     }
 
     #[test]
@@ -272,11 +304,27 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Slot<crate::snapshot::KeyEntry>>(), 64);
+        assert_eq!(std::mem::align_of::<Slot<crate::snapshot::KeyEntry>>(), 64);
+    }
+
+    #[test]
+    fn an_all_zero_prefix_is_never_found() {
+        let mut m: DigestMap<u64> = DigestMap::new();
+        let mut d = Digest([0; 32]);
+        d.0[20] = 1;
+        assert_eq!(m.insert(d, 1), None);
+        assert_eq!(m.get(&d), None);
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
     fn an_empty_shard_grows_from_nothing() {
         let mut t: Table<u8> = Table::default();
         assert_eq!(t.get(&digest(1)), None);
         for i in 0..100 {
-            t.insert(digest(i), i as u8);
+            t.insert(&digest(i), i as u8);
         }
         assert!(t.len * 8 <= t.slots.len() * MAX_LOAD_EIGHTHS);
         assert_eq!(t.get(&digest(50)), Some(&50));

@@ -112,10 +112,25 @@ pub struct KeyEntry {
     pub user_uid: u64,
     /// The declared domains (interned) and levels.
     pub domains: KeyDomains,
-    /// Unix seconds; `i64::MAX` when the key never expires.
-    pub expires_at: i64,
+    /// Unix seconds (u32 keeps an entry and its digest in one cache line);
+    /// `u32::MAX` when the key never expires (or expires after 2106).
+    pub expires_at: u32,
     /// Revoked keys stay in the table so metrics can tell "revoked" from "unknown".
     pub revoked: bool,
+}
+
+/// What an empty table slot holds: a revoked, expired key with no domains,
+/// so that even a misread empty slot grants nothing.
+impl Default for KeyEntry {
+    fn default() -> Self {
+        KeyEntry {
+            id: 0,
+            user_uid: 0,
+            domains: KeyDomains::Many(Arc::from([])),
+            expires_at: 0,
+            revoked: true,
+        }
+    }
 }
 
 impl KeyEntry {
@@ -295,7 +310,7 @@ impl Snapshot {
         if key.revoked {
             return Err(Refusal::RevokedKey);
         }
-        if key.expires_at <= now {
+        if i64::from(key.expires_at) <= now {
             return Err(Refusal::ExpiredKey);
         }
         let user = self
@@ -462,7 +477,9 @@ pub(crate) fn key_entry(k: &KeyRecord, intern: &mut Interner) -> Option<KeyEntry
                 KeyDomains::Many(d.iter().map(|(n, a)| (intern.get(n), *a)).collect())
             }
         },
-        expires_at: k.expires_at.unwrap_or(i64::MAX),
+        expires_at: k
+            .expires_at
+            .map_or(u32::MAX, |e| e.clamp(0, i64::from(u32::MAX) - 1) as u32),
         revoked: k.revoked_at.is_some(),
     })
 }
