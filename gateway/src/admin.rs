@@ -510,7 +510,7 @@ impl AdminApp {
 fn percent_decode(s: &str) -> String {
     crate::canon::canonicalize(&format!("/{s}"))
         .ok()
-        .and_then(|c| c.segments.into_iter().next())
+        .and_then(|c| c.segments.into_iter().next().map(|s| s.into_owned()))
         .unwrap_or_else(|| s.to_string())
 }
 
@@ -621,7 +621,8 @@ impl ServeHttp for AdminApp {
                 return response(a);
             }
         };
-        let segs = match crate::canon::canonicalize(&format!("/{rest}")) {
+        let full = format!("/{rest}");
+        let segs = match crate::canon::canonicalize(&full) {
             Ok(c) => c.segments,
             Err(e) => {
                 return response(Answer::error(
@@ -631,7 +632,7 @@ impl ServeHttp for AdminApp {
                 ))
             }
         };
-        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let segs: Vec<&str> = segs.iter().map(|s| s.as_ref()).collect();
         response(
             self.v1(&method, &segs, query.as_deref(), &body, &actor)
                 .await,

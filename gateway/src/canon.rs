@@ -7,6 +7,7 @@
 //! The upstream then receives the path re-encoded from the decoded segments,
 //! so what it decodes is exactly what the gateway matched and checked.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// Why a path was refused (all answered with 400).
@@ -35,11 +36,17 @@ pub enum PathError {
     TooLong,
 }
 
-/// A decoded, checked path.
+/// A decoded, checked path. Segments borrow from the request when they
+/// hold no escapes, so the common path allocates nothing per segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CanonPath {
+pub struct CanonPath<'a> {
     /// Decoded segments (no empty ones). `/` alone has none.
-    pub segments: Vec<String>,
+    pub segments: Vec<Cow<'a, str>>,
+    /// True when re-encoding the segments certainly gives back the raw path
+    /// byte for byte (no escapes, nothing that needs one), so the upstream
+    /// can get the request's own path. False may still re-encode to the same
+    /// bytes; the path is then rebuilt, which is always correct.
+    pub unchanged: bool,
 }
 
 const MAX_PATH: usize = 4096;
@@ -55,15 +62,19 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// Decodes and checks the path part of a request target (no query).
-pub fn canonicalize(raw: &str) -> Result<CanonPath, PathError> {
+pub fn canonicalize(raw: &str) -> Result<CanonPath<'_>, PathError> {
     if raw.len() > MAX_PATH {
         return Err(PathError::TooLong);
     }
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
-    let mut segments = Vec::new();
+    let mut segments = Vec::with_capacity(8);
     if rest.is_empty() {
-        return Ok(CanonPath { segments });
+        return Ok(CanonPath {
+            segments,
+            unchanged: true,
+        });
     }
+    let mut unchanged = true;
     for seg in rest.split('/') {
         if segments.len() == MAX_SEGMENTS {
             return Err(PathError::TooLong);
@@ -72,6 +83,15 @@ pub fn canonicalize(raw: &str) -> Result<CanonPath, PathError> {
             return Err(PathError::EmptySegment);
         }
         let bytes = seg.as_bytes();
+        if bytes.iter().all(|&b| is_pchar(b)) {
+            // Nothing to decode, nothing that would be re-encoded.
+            if seg == "." || seg == ".." {
+                return Err(PathError::DotSegment);
+            }
+            segments.push(Cow::Borrowed(seg));
+            continue;
+        }
+        unchanged = false;
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
         while i < bytes.len() {
@@ -101,9 +121,12 @@ pub fn canonicalize(raw: &str) -> Result<CanonPath, PathError> {
             return Err(PathError::DotSegment);
         }
         let text = String::from_utf8(out).map_err(|_| PathError::InvalidText)?;
-        segments.push(text);
+        segments.push(Cow::Owned(text));
     }
-    Ok(CanonPath { segments })
+    Ok(CanonPath {
+        segments,
+        unchanged,
+    })
 }
 
 /// Whether a byte may appear unencoded in a path segment (RFC 3986 pchar
@@ -155,7 +178,12 @@ mod tests {
     use super::*;
 
     fn segs(p: &str) -> Vec<String> {
-        canonicalize(p).unwrap().segments
+        canonicalize(p)
+            .unwrap()
+            .segments
+            .into_iter()
+            .map(Cow::into_owned)
+            .collect()
     }
 
     #[test]
@@ -208,6 +236,15 @@ mod tests {
     }
 
     #[test]
+    fn plain_paths_borrow_and_need_no_rewrite() {
+        let c = canonicalize("/domains/example.com/dkim").unwrap();
+        assert!(c.unchanged);
+        assert!(c.segments.iter().all(|s| matches!(s, Cow::Borrowed(_))));
+        assert!(!canonicalize("/domains/ex%61mple.com").unwrap().unchanged);
+        assert!(!canonicalize("/a b").unwrap().unchanged);
+    }
+
+    #[test]
     fn encoding_round_trips() {
         for p in [
             "/domains/example.com/dkim",
@@ -217,8 +254,12 @@ mod tests {
             "/",
         ] {
             let c = canonicalize(p).unwrap();
-            let e = encode(c.segments.iter().map(String::as_str));
-            assert_eq!(canonicalize(&e).unwrap(), c, "{p} -> {e}");
+            let e = encode(c.segments.iter().map(|s| s.as_ref()));
+            let again = canonicalize(&e).unwrap();
+            assert_eq!(again.segments, c.segments, "{p} -> {e}");
+            if c.unchanged {
+                assert_eq!(e, p, "{p} was said to need no re-encoding");
+            }
         }
         assert_eq!(encode(["a b", "%2e", "ü"]), "/a%20b/%252e/%C3%BC");
     }

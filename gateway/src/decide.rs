@@ -21,7 +21,7 @@ use crate::keys::{self, Presented};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::{content_length, Ctx};
 use crate::respond::Reply;
-use crate::routing::Routing;
+use crate::routing::{Identity, Routing};
 use crate::State;
 
 /// What `request_filter` should do.
@@ -65,19 +65,19 @@ fn unix_now() -> i64 {
 }
 
 /// Sets the identity headers the upstream receives for an admitted key.
-fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64, prefix: &str) {
+fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64, ids: &Identity) {
     let key_id = p.key.id_string();
-    let org = p.user.org.to_string();
+    let [n_key, n_org, n_user, n_role, n_scope, n_version] = &ids.names;
     ctx.identity = vec![
-        (format!("{prefix}Key-Id"), key_id.clone()),
-        (format!("{prefix}Org"), org.clone()),
-        (format!("{prefix}User"), p.user.id.to_string()),
-        (format!("{prefix}Role"), p.role().as_str().to_string()),
-        (format!("{prefix}Scope"), p.scope_header()),
-        (format!("{prefix}Version"), version.to_string()),
+        (n_key.clone(), key_id.clone()),
+        (n_org.clone(), p.user.org.to_string()),
+        (n_user.clone(), p.user.id.to_string()),
+        (n_role.clone(), p.role().as_str().to_string()),
+        (n_scope.clone(), p.scope_header()),
+        (n_version.clone(), version.to_string()),
     ];
     ctx.key_id = Some(key_id);
-    ctx.org = Some(org);
+    ctx.org = Some(p.user.org.clone());
     ctx.outcome = Some(Outcome::Admitted);
 }
 
@@ -140,20 +140,20 @@ pub fn decide_head(
             )
         }
     };
-    let segments: Vec<&str> = canon.segments.iter().map(String::as_str).collect();
-    ctx.log_path = crate::accesslog::mask_keys(&canon::encode(segments.iter().copied()));
+    let segments: Vec<&str> = canon.segments.iter().map(|s| s.as_ref()).collect();
     let Some(m) = routing.find(method.as_str(), &segments) else {
         return Head::Refuse(Reply::NotFound, Outcome::NotFound, Some("no_route"));
     };
     ctx.route = routing.routes.iter().position(|r| std::ptr::eq(r, m.entry));
     let route = &m.entry.route;
-    let mut upstream_segments: Vec<String> = canon.segments.clone();
+    // The `{domain}` segment, when its canonical form differs from the request's.
+    let mut renamed: Option<(usize, String)> = None;
 
     // Public routes need no key; they still get identity headers stripped.
     if matches!(route.target, RouteTarget::Public) {
         ctx.group = Some(m.entry.group.clone());
         ctx.outcome = Some(Outcome::Admitted);
-        ctx.upstream_uri = Some(upstream_uri(&upstream_segments, req.uri.query(), config));
+        ctx.upstream_uri = upstream_uri(&segments, canon.unchanged, None, req.uri.query(), config);
         return Head::Forward;
     }
 
@@ -171,7 +171,7 @@ pub fn decide_head(
         }
         Presented::One(s) => s,
     };
-    let prefix = config.keys.identity_prefix.as_str();
+    let ids = &routing.identity;
     // The key check proper, timed whatever its outcome.
     let started = Instant::now();
     let checked: std::result::Result<Digest, Verdict> = (|| {
@@ -198,7 +198,9 @@ pub fn decide_head(
                     (Some(Err(name)), Some(i)) => {
                         let r = principal.authorize(Target::Domain(DomainRef::Name(&name), need));
                         // The upstream gets the name in the form that was checked.
-                        upstream_segments[i] = name;
+                        if name != segments[i] {
+                            renamed = Some((i, name));
+                        }
                         r
                     }
                     _ => Err(Refusal::NotVisible),
@@ -210,7 +212,7 @@ pub fn decide_head(
         };
         allowed.map_err(refuse_scope)?;
         if !matches!(route.target, RouteTarget::Sender(_)) {
-            admit(ctx, &principal, snap.version, prefix);
+            admit(ctx, &principal, snap.version, ids);
         }
         Ok(digest)
     })();
@@ -220,7 +222,7 @@ pub fn decide_head(
         Err(v) => return v.into(),
     };
     ctx.group = Some(m.entry.group.clone());
-    ctx.upstream_uri = Some(upstream_uri(&upstream_segments, req.uri.query(), config));
+    ctx.upstream_uri = upstream_uri(&segments, canon.unchanged, renamed, req.uri.query(), config);
     match &route.target {
         RouteTarget::Sender(spec) => Head::NeedBody {
             digest,
@@ -266,7 +268,6 @@ pub async fn decide(
         Ok(b) => b,
         Err(v) => return Ok(v),
     };
-    let prefix = routing.config.keys.identity_prefix.as_str();
     if let Err(v) = check_senders(
         &state.keystore,
         &state.metrics,
@@ -274,7 +275,7 @@ pub async fn decide(
         &digest,
         &body,
         &spec,
-        prefix,
+        &routing.identity,
     ) {
         return Ok(v);
     }
@@ -295,24 +296,50 @@ fn domain_index(route: &scopegate_config::Route) -> Option<usize> {
         .position(|s| matches!(s, scopegate_config::Segment::Domain))
 }
 
-/// The path and query the upstream receives.
+/// The path and query the upstream receives, when they differ from the
+/// request's own: re-encoded from the checked segments, with the `{domain}`
+/// segment in canonical form and any key query parameter removed. `None`
+/// when the request's target is already exactly that (the common case).
 fn upstream_uri(
-    segments: &[String],
+    segments: &[&str],
+    unchanged: bool,
+    renamed: Option<(usize, String)>,
     query: Option<&str>,
     config: &scopegate_config::Config,
-) -> String {
-    let mut uri = canon::encode(segments.iter().map(String::as_str));
+) -> Option<String> {
+    let strip = match (
+        &config.keys.query_param,
+        config.keys.forward_key_header,
+        query,
+    ) {
+        (Some(p), false, Some(_)) => Some(p),
+        _ => None,
+    };
+    if unchanged && renamed.is_none() && strip.is_none() {
+        return None;
+    }
+    let mut uri = match &renamed {
+        None => canon::encode(segments.iter().copied()),
+        Some((i, name)) => {
+            canon::encode(
+                segments
+                    .iter()
+                    .enumerate()
+                    .map(|(j, s)| if j == *i { name.as_str() } else { s }),
+            )
+        }
+    };
     if let Some(q) = query {
-        let q = match (&config.keys.query_param, config.keys.forward_key_header) {
-            (Some(p), false) => keys::strip_query_param(q, p),
-            _ => q.to_string(),
+        let q = match strip {
+            Some(p) => keys::strip_query_param(q, p),
+            None => q.to_string(),
         };
         if !q.is_empty() {
             uri.push('?');
             uri.push_str(&q);
         }
     }
-    uri
+    Some(uri)
 }
 
 /// Reads a body to inspect, bounded by size and time. `Ok(Err(verdict))`
@@ -387,7 +414,7 @@ pub fn check_senders(
     digest: &Digest,
     body: &[u8],
     spec: &SenderSpec,
-    prefix: &str,
+    ids: &Identity,
 ) -> std::result::Result<(), Verdict> {
     let domains = crate::sender::sender_domains(body, spec).map_err(|e| {
         let reply = if e.status() == 400 {
@@ -424,6 +451,6 @@ pub fn check_senders(
             ));
         }
     }
-    admit(ctx, &principal, snap.version, prefix);
+    admit(ctx, &principal, snap.version, ids);
     Ok(())
 }

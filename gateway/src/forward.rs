@@ -10,12 +10,11 @@ use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::Session;
 use pingora::ErrorType;
-use scopegate_config::Config;
 
 use crate::metrics::Outcome;
 use crate::proxy::{write_reply, Ctx};
 use crate::respond::Reply;
-use crate::routing::Group;
+use crate::routing::{Group, Routing};
 use crate::State;
 
 /// A peer for the next healthy backend of a group, round robin, with the
@@ -45,22 +44,25 @@ pub fn peer_for(group: &Group) -> Result<Box<HttpPeer>> {
 /// The request header as the upstream receives it: the canonical path that
 /// was checked, every incoming header with the identity prefix removed and
 /// the gateway's own added, the key header dropped unless configured.
-pub fn rewrite_request(req: &mut RequestHeader, ctx: &Ctx, config: &Config) -> Result<()> {
+pub fn rewrite_request(req: &mut RequestHeader, ctx: &Ctx, routing: &Routing) -> Result<()> {
+    let config = &routing.config;
     if let Some(uri) = &ctx.upstream_uri {
         let uri: http::Uri = uri
             .parse()
             .map_err(|_| Error::explain(ErrorType::InternalError, "canonical path is not a URI"))?;
         req.set_uri(uri);
     }
-    let prefix = config.keys.identity_prefix.to_ascii_lowercase();
-    let spoofed: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|n| n.as_str().starts_with(&prefix))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        req.remove_header(&name);
+    let prefix = routing.identity.prefix_lower.as_str();
+    if req.headers.keys().any(|n| n.as_str().starts_with(prefix)) {
+        let spoofed: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| n.as_str().starts_with(prefix))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            req.remove_header(&name);
+        }
     }
     if !config.keys.forward_key_header {
         for h in &config.keys.headers {
@@ -101,13 +103,12 @@ pub async fn forward_buffered(
         .group
         .clone()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream group decided"))?;
-    let config = ctx
+    let routing = ctx
         .routing
-        .as_ref()
-        .map(|r| r.config.clone())
+        .clone()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing"))?;
     let mut req = session.req_header().clone();
-    rewrite_request(&mut req, ctx, &config)?;
+    rewrite_request(&mut req, ctx, &routing)?;
     // The body is whole: send it with its length, whatever framing it came in.
     req.remove_header(&http::header::TRANSFER_ENCODING);
     req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -132,18 +133,18 @@ pub async fn forward_buffered(
                 .upstream_errors
                 .with_label_values(&[group.name.as_str(), kind])
                 .inc();
-            log::warn!("upstream {} failed for {}: {e}", group.name, ctx.log_path);
+            log::warn!(
+                "upstream {} failed for {}: {e}",
+                group.name,
+                crate::proxy::log_path(session.req_header())
+            );
             ctx.outcome = Some(Outcome::UpstreamError);
             ctx.status = reply.status();
             write_reply(session, &reply).await?;
             return Ok(());
         }
     };
-    state
-        .metrics
-        .upstream
-        .with_label_values(&[group.name.as_str()])
-        .observe(sent.elapsed().as_secs_f64());
+    group.latency.observe(sent.elapsed().as_secs_f64());
     let resp = up
         .response_header()
         .cloned()

@@ -97,10 +97,15 @@ pub fn decide(
                     Some("content_length"),
                 ));
             }
-            let prefix = config.keys.identity_prefix.clone();
-            if let Err(Verdict::Refuse(r, o, why)) =
-                check_senders(keystore, &metrics, &mut ctx, &digest, body, &spec, &prefix)
-            {
+            if let Err(Verdict::Refuse(r, o, why)) = check_senders(
+                keystore,
+                &metrics,
+                &mut ctx,
+                &digest,
+                body,
+                &spec,
+                &routing.identity,
+            ) {
                 return Ok(refused(r, o, why));
             }
         }
@@ -110,10 +115,16 @@ pub fn decide(
         status: 0,
         decision: "admitted",
         reason: None,
-        upstream: ctx
-            .group
-            .as_ref()
-            .map(|g| (g.name.clone(), ctx.upstream_uri.clone().unwrap_or_default())),
-        identity: ctx.identity.clone(),
+        upstream: ctx.group.as_ref().map(|g| {
+            (
+                g.name.clone(),
+                ctx.upstream_uri.clone().unwrap_or_else(|| path.to_string()),
+            )
+        }),
+        identity: ctx
+            .identity
+            .iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+            .collect(),
     })
 }

@@ -41,13 +41,11 @@ pub struct Ctx {
     /// Public id of the key, once recognised.
     pub key_id: Option<String>,
     /// Organisation of the key.
-    pub org: Option<String>,
-    /// Identity headers to add upstream (full names, values).
-    pub identity: Vec<(String, String)>,
+    pub org: Option<std::sync::Arc<str>>,
+    /// Identity headers to add upstream (names from [`crate::routing::Identity`], values).
+    pub identity: Vec<(bytes::Bytes, String)>,
     /// The path and query the upstream receives: the canonical form checked.
     pub upstream_uri: Option<String>,
-    /// Path for the access log (no query, keys masked).
-    pub log_path: String,
     /// Request body bytes read while inspecting it.
     pub bytes_in: usize,
     /// When the request was sent upstream.
@@ -77,7 +75,6 @@ impl Ctx {
             org: None,
             identity: Vec::new(),
             upstream_uri: None,
-            log_path: String::new(),
             bytes_in: 0,
             upstream_sent: None,
             counted: false,
@@ -242,7 +239,7 @@ impl ProxyHttp for Proxy {
         if self.state.passthrough.is_some() {
             return Ok(());
         }
-        crate::forward::rewrite_request(upstream_request, ctx, &routing.config)
+        crate::forward::rewrite_request(upstream_request, ctx, routing)
     }
 
     /// Records the upstream's response time.
@@ -253,11 +250,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (Some(sent), Some(group)) = (ctx.upstream_sent, &ctx.group) {
-            self.state
-                .metrics
-                .upstream
-                .with_label_values(&[group.name.as_str()])
-                .observe(sent.elapsed().as_secs_f64());
+            group.latency.observe(sent.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -338,11 +331,7 @@ impl ProxyHttp for Proxy {
             .map(|h| h.status.as_u16())
             .unwrap_or(ctx.status);
         let req = session.req_header();
-        let path = if ctx.log_path.is_empty() {
-            mask_keys(&req.uri.path().chars().take(256).collect::<String>())
-        } else {
-            std::mem::take(&mut ctx.log_path)
-        };
+        let path = log_path(req);
         self.state.access_log.log(Entry {
             ts_ms: ctx.ts_ms,
             method: req.method.as_str().to_string(),
@@ -351,7 +340,7 @@ impl ProxyHttp for Proxy {
             decision: outcome.as_str(),
             reason: ctx.reason,
             key_id: ctx.key_id.take(),
-            org: ctx.org.take(),
+            org: ctx.org.take().map(|o| o.to_string()),
             upstream: ctx.group.as_ref().map(|g| g.name.clone()),
             bytes_in: ctx.bytes_in.max(session.body_bytes_read()),
             bytes_out: session.body_bytes_sent(),
@@ -361,12 +350,22 @@ impl ProxyHttp for Proxy {
 
     /// Error logs name the method and canonical path only: never the query
     /// string, which may carry a key when query keys are configured.
-    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
-        let path = if ctx.log_path.is_empty() {
-            mask_keys(session.req_header().uri.path())
-        } else {
-            ctx.log_path.clone()
-        };
-        format!("{} {}", session.req_header().method, path)
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        format!(
+            "{} {}",
+            session.req_header().method,
+            log_path(session.req_header())
+        )
+    }
+}
+
+/// The path as logs show it: canonical when it decodes (the raw path, cut to
+/// 256 characters, when it does not), no query string, keys masked. Built
+/// only when a line is written, never on the request path.
+pub fn log_path(req: &RequestHeader) -> String {
+    let raw = req.uri.path();
+    match crate::canon::canonicalize(raw) {
+        Ok(c) => mask_keys(&crate::canon::encode(c.segments.iter().map(|s| s.as_ref()))),
+        Err(_) => mask_keys(&raw.chars().take(256).collect::<String>()),
     }
 }

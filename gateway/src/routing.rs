@@ -19,6 +19,8 @@ pub struct Group {
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     /// Timeouts and pool settings for peers of this group.
     pub settings: UpstreamGroup,
+    /// This group's upstream latency histogram (no label lookup per request).
+    pub latency: prometheus::Histogram,
 }
 
 impl Group {
@@ -42,6 +44,33 @@ pub struct RouteEntry {
     pub metrics: RouteMetrics,
 }
 
+/// The identity headers the gateway adds, named once per configuration so
+/// no request formats them.
+pub struct Identity {
+    /// `…Key-Id`, `…Org`, `…User`, `…Role`, `…Scope`, `…Version` with the
+    /// configured prefix, in the configured case.
+    pub names: [bytes::Bytes; 6],
+    /// The prefix in lowercase, for stripping incoming headers.
+    pub prefix_lower: String,
+}
+
+impl Identity {
+    fn new(prefix: &str) -> Identity {
+        let name = |s: &str| bytes::Bytes::from(format!("{prefix}{s}"));
+        Identity {
+            names: [
+                name("Key-Id"),
+                name("Org"),
+                name("User"),
+                name("Role"),
+                name("Scope"),
+                name("Version"),
+            ],
+            prefix_lower: prefix.to_ascii_lowercase(),
+        }
+    }
+}
+
 /// Everything a request is decided by, for one configuration version.
 pub struct Routing {
     /// The configuration this was built from.
@@ -52,6 +81,8 @@ pub struct Routing {
     pub groups: BTreeMap<String, Arc<Group>>,
     /// Counters for requests that matched no route.
     pub unmatched: RouteMetrics,
+    /// Identity header names.
+    pub identity: Identity,
 }
 
 /// A route that matched, with the captured `{domain}` segment.
@@ -84,6 +115,7 @@ impl Routing {
                     name: name.clone(),
                     lb: Arc::new(lb),
                     settings: settings.clone(),
+                    latency: metrics.upstream.with_label_values(&[name.as_str()]),
                 }),
             );
         }
@@ -106,6 +138,7 @@ impl Routing {
         }
         Ok(Routing {
             unmatched: metrics.route("unmatched"),
+            identity: Identity::new(&config.keys.identity_prefix),
             config: Arc::new(config),
             routes,
             groups,
