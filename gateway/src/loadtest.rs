@@ -135,6 +135,12 @@ pub struct LoadtestArgs {
     /// Gateway worker threads (default: the config's, else one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Open-loop load at this many requests per second in total, spread
+    /// evenly over the connections; latency is measured from each request's
+    /// scheduled time, so a stall counts against every request it delays.
+    /// Default: closed loop, each connection as fast as it can.
+    #[arg(long, value_name = "REQ_PER_SEC")]
+    pub rate: Option<f64>,
     /// Load-client worker threads.
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
@@ -1229,6 +1235,10 @@ struct Load {
     stop: AtomicBool,
     /// `Authorization: Bearer ` (the first configured key header).
     key_prefix: String,
+    /// Open loop: seconds between two requests of one connection.
+    interval: Option<f64>,
+    /// Connections of the load client.
+    connections: usize,
 }
 
 impl Load {
@@ -1366,6 +1376,17 @@ async fn drive(load: Arc<Load>, conn: usize, seed: u64) -> Vec<ClientRecord> {
                 }
             };
         }
+        // Open loop: wait for this request's slot, and measure from it.
+        let scheduled_ns = match load.interval {
+            Some(every) => {
+                // Connections start staggered across one interval.
+                let offset = every * conn as f64 / load.connections as f64;
+                let due = load.start + Duration::from_secs_f64(offset + every * out.len() as f64);
+                tokio::time::sleep_until(due.into()).await;
+                Some(due.duration_since(load.start).as_nanos() as u64)
+            }
+            None => None,
+        };
         let send_ns = load.now_ns();
         let result = match client.as_mut() {
             Some(c) => tokio::time::timeout(REQUEST_TIMEOUT, c.roundtrip(&req))
@@ -1387,7 +1408,8 @@ async fn drive(load: Arc<Load>, conn: usize, seed: u64) -> Vec<ClientRecord> {
                 0
             }
         };
-        load.hist.record(recv_ns - send_ns);
+        load.hist
+            .record(recv_ns - scheduled_ns.unwrap_or(send_ns).min(send_ns));
         if status == 200 {
             let after_revocation = cat == Category::Valid
                 && send_ns >= load.revoked_end[key as usize].load(Ordering::Acquire);
@@ -1572,6 +1594,12 @@ impl Drop for TempDir {
 // The command
 
 fn validate(args: &LoadtestArgs) -> anyhow::Result<Mix> {
+    if let Some(r) = args.rate {
+        ensure!(
+            r.is_finite() && r > 0.0,
+            "--rate must be a positive number of requests per second"
+        );
+    }
     let mix: Mix = args
         .mix
         .parse()
@@ -1829,6 +1857,8 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
         errors_so_far: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         key_prefix,
+        interval: args.rate.map(|r| args.connections as f64 / r),
+        connections: args.connections,
     });
     say(
         quiet,
@@ -1982,6 +2012,7 @@ impl Report<'_> {
             "duration_s": round3(self.elapsed),
             "stopped_at_max_requests": self.capped,
             "connections": self.args.connections,
+            "open_loop_rate": self.args.rate,
             "gateway_threads": self.gateway_threads,
             "client_threads": self.args.client_threads,
             "requests": a.requests(),
@@ -2023,8 +2054,15 @@ impl Report<'_> {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "scopegate loadtest: {} connections, {:.1} s, gateway {} worker threads, client {} thread(s), all on 127.0.0.1",
-            self.args.connections, self.elapsed, self.gateway_threads, self.args.client_threads
+            "scopegate loadtest: {} connections, {:.1} s, gateway {} worker threads, client {} thread(s), {}, all on 127.0.0.1",
+            self.args.connections,
+            self.elapsed,
+            self.gateway_threads,
+            self.args.client_threads,
+            match self.args.rate {
+                Some(r) => format!("open loop at {r:.0} req/s (latency from each request's scheduled time)"),
+                None => "closed loop".to_string(),
+            }
         );
         let p = &self.population;
         let _ = writeln!(
