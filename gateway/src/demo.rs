@@ -22,7 +22,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -30,7 +29,7 @@ use scopegate_config::{AdminToken, Config, Secrets};
 use scopegate_keystore::{KeyStore, Pepper};
 use serde_json::Value;
 
-use crate::server::{self, Launch, Stop, StopHandle};
+use crate::server::{self, Launch, Stop};
 
 /// Arguments of `scopegate demo`.
 #[derive(clap::Args, Debug)]
@@ -94,31 +93,6 @@ struct Cleanup(Arc<Mutex<Leftovers>>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         lock(&self.0).clean();
-    }
-}
-
-/// The in-process gateway; stopped through its handle on drop.
-struct Gateway {
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    stop: StopHandle,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Gateway {
-    fn shutdown(&mut self) -> anyhow::Result<()> {
-        self.stop.stop(Stop::Fast);
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Err(_)) => bail!("the gateway thread panicked"),
-            Some(Ok(r)) => r,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.shutdown();
     }
 }
 
@@ -211,7 +185,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     }
     let all_as_expected = demo.surprises.is_empty();
     drop(demo);
-    gateway.shutdown()?;
+    gateway.shutdown(Stop::Fast)?;
     lock(&leftovers).clean();
     say!("Stopped: gateway, both mock upstreams; temporary store removed.");
     Ok(if all_as_expected { 0 } else { 1 })
@@ -334,7 +308,7 @@ fn start_gateway(
     sending: SocketAddr,
     domains: SocketAddr,
     token: &str,
-) -> anyhow::Result<(Gateway, Arc<KeyStore>)> {
+) -> anyhow::Result<(server::Running, Arc<KeyStore>)> {
     let mut config = Config {
         listen: free_port()?,
         admin_listen: free_port()?,
@@ -371,34 +345,16 @@ fn start_gateway(
         keystore: Arc::clone(&keystore),
         passthrough: None,
     };
-    let (state, _log_thread) = server::build_state(&launch)?;
-    let (stop, signal) = server::stop_channel();
-    let cfg = config.clone();
-    let thread = std::thread::Builder::new()
-        .name("scopegate-demo-gateway".into())
-        .spawn(move || server::run_with_state(&cfg, state, Box::new(signal)))?;
-    let mut gw = Gateway {
-        proxy: config.listen,
-        admin: config.admin_listen,
-        stop,
-        thread: Some(thread),
-    };
+    let gw = server::Running::start(launch)?;
+    // Ready when the admin API answers, as a newcomer would check it.
     let deadline = Instant::now() + PATIENCE;
-    loop {
-        let healthy = TcpStream::connect(gw.proxy).is_ok()
-            && http(gw.admin, "GET", "/healthz", &[], None).is_ok_and(|r| r.status == 200);
-        if healthy {
-            return Ok((gw, keystore));
-        }
-        if gw.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            gw.shutdown()?;
-            bail!("the gateway stopped during start-up");
-        }
+    while !http(gw.admin, "GET", "/healthz", &[], None).is_ok_and(|r| r.status == 200) {
         if Instant::now() > deadline {
             bail!("the gateway did not answer /healthz within {PATIENCE:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    Ok((gw, keystore))
 }
 
 /// A response as received.

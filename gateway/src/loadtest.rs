@@ -50,7 +50,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::server::{self, Launch, Stop, StopHandle};
+use crate::server::{self, Launch, Stop};
 
 /// The default `--mix`.
 pub const DEFAULT_MIX: &str = "valid=70,revoked=10,expired=5,out_of_scope=10,malformed=5";
@@ -1504,74 +1504,24 @@ fn ms(ns: u64) -> String {
 // ---------------------------------------------------------------------------
 // The in-process gateway
 
-struct Gateway {
-    proxy: SocketAddr,
-    stop: StopHandle,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Gateway {
-    fn start(
-        config: &Config,
-        ks: Arc<KeyStore>,
-        pepper: Vec<u8>,
-        passthrough: bool,
-    ) -> anyhow::Result<Gateway> {
-        let launch = Launch {
-            config: config.clone(),
-            config_path: None,
-            overrides: Default::default(),
-            secrets: Secrets {
-                pepper,
-                admin_tokens: Vec::new(),
-            },
-            keystore: ks,
-            passthrough: passthrough.then(|| "domains".to_string()),
-        };
-        let (state, _log) = server::build_state(&launch)?;
-        let (stop, signal) = server::stop_channel();
-        let st = Arc::clone(&state);
-        let cfg = config.clone();
-        let thread = std::thread::Builder::new()
-            .name("loadtest-gateway".into())
-            .spawn(move || server::run_with_state(&cfg, st, Box::new(signal)))?;
-        let mut gw = Gateway {
-            proxy: config.listen,
-            stop,
-            thread: Some(thread),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if state.listening.load(Ordering::SeqCst)
-                && std::net::TcpStream::connect(gw.proxy).is_ok()
-            {
-                return Ok(gw);
-            }
-            if gw.thread.as_ref().is_some_and(JoinHandle::is_finished) {
-                return Err(gw
-                    .shutdown()
-                    .err()
-                    .unwrap_or_else(|| anyhow::anyhow!("the gateway stopped at once")));
-            }
-            ensure!(Instant::now() < deadline, "the gateway did not come up");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn shutdown(&mut self) -> anyhow::Result<()> {
-        self.stop.stop(Stop::Fast);
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Err(_)) => bail!("the gateway thread panicked"),
-            Some(Ok(r)) => r,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.shutdown();
-    }
+/// Starts the in-process gateway the load runs against.
+fn start_gateway(
+    config: &Config,
+    ks: Arc<KeyStore>,
+    pepper: Vec<u8>,
+    passthrough: bool,
+) -> anyhow::Result<server::Running> {
+    server::Running::start(Launch {
+        config: config.clone(),
+        config_path: None,
+        overrides: Default::default(),
+        secrets: Secrets {
+            pepper,
+            admin_tokens: Vec::new(),
+        },
+        keystore: ks,
+        passthrough: passthrough.then(|| "domains".to_string()),
+    })
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
@@ -1841,7 +1791,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
     }
 
     let gateway_threads = config.effective_threads();
-    let mut gateway = Gateway::start(&config, Arc::clone(&ks), pepper, args.bench_passthrough)?;
+    let mut gateway = start_gateway(&config, Arc::clone(&ks), pepper, args.bench_passthrough)?;
 
     // The schedule of revocations: distinct random valid keys.
     let valid_n = pop.pool(Category::Valid).len();
@@ -1927,7 +1877,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
         None => Default::default(),
     };
     // Nothing reaches the upstream once the gateway is gone.
-    gateway.shutdown()?;
+    gateway.shutdown(Stop::Fast)?;
     let upstream = recorder.stop();
 
     let result = audit(&conns, &revocations, &upstream, |cat, key| {

@@ -260,3 +260,74 @@ pub fn run_with_state(
     state.listening.store(false, Ordering::SeqCst);
     Ok(())
 }
+
+/// A gateway running on its own thread in this process: the demo, the load
+/// test and the black-box tests all start one this way. Stops (fast) on drop.
+pub struct Running {
+    /// The proxy listener.
+    pub proxy: std::net::SocketAddr,
+    /// The admin listener.
+    pub admin: std::net::SocketAddr,
+    /// The gateway's shared state (key store, metrics, routing).
+    pub state: Arc<State>,
+    stop: StopHandle,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Builds the state, starts the server on a thread and returns once both
+    /// listeners accept connections (polling; an error if the server thread
+    /// ends first or nothing answers within 20 s).
+    pub fn start(launch: Launch) -> anyhow::Result<Running> {
+        let (state, _log_thread) = build_state(&launch)?;
+        let (stop, signal) = stop_channel();
+        let config = launch.config.clone();
+        let st = Arc::clone(&state);
+        let thread = std::thread::Builder::new()
+            .name("scopegate-gateway".into())
+            .spawn(move || run_with_state(&config, st, Box::new(signal)))?;
+        let mut running = Running {
+            proxy: launch.config.listen,
+            admin: launch.config.admin_listen,
+            state,
+            stop,
+            thread: Some(thread),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = running.state.listening.load(Ordering::SeqCst)
+                && std::net::TcpStream::connect(running.proxy).is_ok()
+                && std::net::TcpStream::connect(running.admin).is_ok();
+            if up {
+                return Ok(running);
+            }
+            if running.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                return Err(running
+                    .shutdown(Stop::Fast)
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("the gateway stopped during start-up")));
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the gateway did not come up within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the gateway and waits for its thread.
+    pub fn shutdown(&mut self, how: Stop) -> anyhow::Result<()> {
+        self.stop.stop(how);
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Err(_)) => anyhow::bail!("the gateway thread panicked"),
+            Some(Ok(r)) => r,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.shutdown(Stop::Fast);
+    }
+}

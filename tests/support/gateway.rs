@@ -5,12 +5,11 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use scopegate_config::{AdminToken, Config, Secrets};
 use scopegate_gateway::mock::MockUpstream;
-use scopegate_gateway::server::{self, Launch, Stop, StopHandle};
+use scopegate_gateway::server::{self, Launch, Stop};
 use scopegate_gateway::State;
 use scopegate_keystore::{KeyStore, Pepper};
 
@@ -51,8 +50,7 @@ pub struct TestGateway {
     pub config: Config,
     /// Its config file, when started with [`TestGateway::start_reloadable`].
     pub config_path: Option<PathBuf>,
-    stop: StopHandle,
-    thread: Option<JoinHandle<()>>,
+    running: server::Running,
     _dir: tempfile::TempDir,
 }
 
@@ -149,25 +147,18 @@ impl TestGateway {
             keystore: Arc::clone(&keystore),
             passthrough: None,
         };
-        let (state, _log) = server::build_state(&launch).expect("state");
-        let (stop, signal) = server::stop_channel();
-        let st = Arc::clone(&state);
-        let cfg = config.clone();
-        let thread = std::thread::spawn(move || {
-            server::run_with_state(&cfg, st, Box::new(signal)).expect("gateway runs");
-        });
+        let running = server::Running::start(launch).expect("the gateway starts");
         let gw = TestGateway {
             proxy: config.listen,
             admin: config.admin_listen,
             keystore,
-            state,
+            state: Arc::clone(&running.state),
             sending,
             domains,
             store: config.store.clone(),
             config,
             config_path,
-            stop,
-            thread: Some(thread),
+            running,
             _dir: dir,
         };
         gw.wait_ready();
@@ -206,20 +197,9 @@ impl TestGateway {
 
     /// Stops the gateway and waits for it.
     pub fn stop(mut self, how: Stop) {
-        self.shutdown(how);
-    }
-
-    fn shutdown(&mut self, how: Stop) {
-        self.stop.stop(how);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        self.shutdown(Stop::Fast);
+        self.running
+            .shutdown(how)
+            .expect("the gateway stops cleanly");
     }
 }
 
