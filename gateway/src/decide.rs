@@ -140,6 +140,16 @@ pub fn decide_head(
             )
         }
     };
+    if let Some(why) = framing_problem(req) {
+        return Head::Refuse(
+            Reply::BadRequest("ambiguous_framing", why.into()),
+            Outcome::BadRequest,
+            Some("ambiguous_framing"),
+        );
+    }
+    // An absolute-form target (`GET http://host/path`) is always rewritten
+    // to the origin form that was checked.
+    let unchanged = canon.unchanged && req.uri.scheme().is_none() && req.uri.authority().is_none();
     let segments: Vec<&str> = canon.segments.iter().map(|s| s.as_ref()).collect();
     let Some(m) = routing.find(method.as_str(), &segments) else {
         return Head::Refuse(Reply::NotFound, Outcome::NotFound, Some("no_route"));
@@ -153,7 +163,7 @@ pub fn decide_head(
     if matches!(route.target, RouteTarget::Public) {
         ctx.group = Some(m.entry.group.clone());
         ctx.outcome = Some(Outcome::Admitted);
-        ctx.upstream_uri = upstream_uri(&segments, canon.unchanged, None, req.uri.query(), config);
+        ctx.upstream_uri = upstream_uri(&segments, unchanged, None, req.uri.query(), config);
         return Head::Forward;
     }
 
@@ -222,7 +232,7 @@ pub fn decide_head(
         Err(v) => return v.into(),
     };
     ctx.group = Some(m.entry.group.clone());
-    ctx.upstream_uri = upstream_uri(&segments, canon.unchanged, renamed, req.uri.query(), config);
+    ctx.upstream_uri = upstream_uri(&segments, unchanged, renamed, req.uri.query(), config);
     match &route.target {
         RouteTarget::Sender(spec) => Head::NeedBody {
             digest,
@@ -284,6 +294,37 @@ pub async fn decide(
     }
     crate::forward::forward_buffered(state, session, ctx, body).await?;
     Ok(Verdict::Answered)
+}
+
+/// A request whose body framing two parsers could read differently is
+/// refused (RFC 9112 §6.3: smuggling lives here): Transfer-Encoding together
+/// with Content-Length, a transfer coding other than plain `chunked`, or
+/// several Content-Length headers.
+fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
+    let te: Vec<&http::HeaderValue> = req
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .collect();
+    let cl = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .count();
+    if !te.is_empty() && cl > 0 {
+        return Some("Transfer-Encoding and Content-Length together");
+    }
+    if cl > 1 {
+        return Some("more than one Content-Length");
+    }
+    if te.len() > 1
+        || te
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some("a Transfer-Encoding other than chunked");
+    }
+    None
 }
 
 /// The index of the `{domain}` segment in the request path (it precedes
