@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,7 +229,7 @@ fn watch_signals(leftovers: Arc<Mutex<Leftovers>>, tx: Sender<Event>, waiting: A
 /// A loopback port nobody listens on right now (the mock and Pingora bind
 /// their listeners themselves, so they get a concrete port).
 fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(server::free_loopback_port()?)
 }
 
 /// 64 hex characters from the OS random generator (through the key

@@ -331,3 +331,36 @@ impl Drop for Running {
         let _ = self.shutdown(Stop::Fast);
     }
 }
+
+/// A loopback address with a port nobody listens on right now, for the
+/// listeners of an in-process gateway (Pingora binds them itself, so it must
+/// be told a concrete port).
+///
+/// Ports come from 20000-32767, below Linux's ephemeral range, so sockets
+/// bound to port 0 elsewhere never take them; a process-wide counter starting
+/// at a random offset means two gateways of one process (parallel tests)
+/// never get the same one, even though each is released before Pingora binds
+/// it. Each port is checked by binding it first.
+pub fn free_loopback_port() -> std::io::Result<std::net::SocketAddr> {
+    use std::sync::atomic::AtomicU32;
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let start = std::process::id().wrapping_mul(7919).wrapping_add(nanos) % SPAN;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free loopback port in 20000-32767",
+    ))
+}

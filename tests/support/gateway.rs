@@ -2,7 +2,7 @@
 //! a fresh SQLite store in a temp dir, the proxy and admin listeners, and a
 //! readiness check before the test goes on.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,13 +20,11 @@ pub const PEPPER: &[u8] = b"test-pepper-0123456789abcdef";
 /// The admin token of every test gateway.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-/// A port nobody listens on right now. (Pingora binds its listeners itself,
-/// so the gateway cannot be handed a bound socket; the window between this
-/// and Pingora's bind is a few milliseconds.)
+/// A port nobody listens on right now, never the same twice in one process
+/// (see `server::free_loopback_port`: Pingora binds its listeners itself, so
+/// the gateway cannot be handed a bound socket).
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
+    server::free_loopback_port().expect("a free loopback port")
 }
 
 /// A running gateway with its mock upstreams.
