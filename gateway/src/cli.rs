@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use scopegate_config::{Config, Overrides, ProcessEnv};
 use scopegate_keystore::{KeyStore, Pepper};
@@ -225,12 +225,4 @@ pub fn main() -> i32 {
             2
         }
     }
-}
-
-/// Refuses to go on without something, with a message that says how to fix it.
-pub fn require(cond: bool, msg: &str) -> anyhow::Result<()> {
-    if !cond {
-        bail!("{msg}");
-    }
-    Ok(())
 }
