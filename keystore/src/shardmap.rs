@@ -13,9 +13,12 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
-/// Shards per map: ~sqrt(1M), balancing the shard-array copy against the
-/// shard copy on each change.
-const SHARD_BITS: u32 = 10;
+/// Shards per map. Users and organisations are far fewer than keys, and
+/// every check looks one of each up: 64 shards keep their shard array and
+/// headers in a few cache lines (measured: ~400 vs ~430 ns per 1M-key check
+/// with 1024), while a change still copies only 1/64 of the map (1.5k
+/// entries at 100k users).
+const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 
 /// The hasher for maps keyed by sequential numbers (organisation and user
