@@ -301,8 +301,8 @@ impl Metrics {
                 .set((now_ms - snap.changed_at_ms).max(0) as f64 / 1000.0);
         }
         self.keys.set(snap.live_keys as i64);
-        self.users.set(snap.users.len() as i64);
-        self.orgs.set(snap.orgs.len() as i64);
+        self.users.set(snap.user_ids.len() as i64);
+        self.orgs.set(snap.org_ids.len() as i64);
         drop(snap);
         let mut out = Vec::new();
         TextEncoder::new()

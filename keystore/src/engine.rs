@@ -322,8 +322,8 @@ impl KeyStore {
         let s = self.snapshot();
         Counts {
             version: s.version,
-            orgs: s.orgs.len(),
-            users: s.users.len(),
+            orgs: s.org_ids.len(),
+            users: s.user_ids.len(),
             keys: s.live_keys,
         }
     }
@@ -722,7 +722,7 @@ fn key_missing(id: &str) -> Error {
 
 /// Refuses a change that would leave the organisation without an active owner.
 fn last_owner_check(snap: &Snapshot, org: &str, leaving: &str) -> Result<(), Error> {
-    let other_owner = snap.users.iter().any(|(_, u)| {
+    let other_owner = snap.all_users().any(|u| {
         &*u.org == org && &*u.id != leaving && u.role == Role::Owner && u.status == Status::Active
     });
     if other_owner {
@@ -871,43 +871,48 @@ fn plan_key(
 /// Builds a snapshot from the whole store.
 fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error> {
     let (version, changed_at_ms) = store.version()?;
+    let mut snap = Snapshot::empty();
+    snap.version = version;
+    snap.changed_at_ms = changed_at_ms;
     let mut org_ids = Vec::new();
-    let mut orgs = Vec::new();
     for (id, uid, domains) in store.load_orgs()? {
-        org_ids.push((intern.get(&id), uid));
-        orgs.push((uid, Arc::new(org_entry(uid, &id, &domains, intern))));
+        let slot = snap
+            .orgs
+            .push(Some(Arc::new(org_entry(uid, &id, &domains, intern))));
+        org_ids.push((intern.get(&id), slot));
     }
-    let org_uid: hashbrown::HashMap<Arc<str>, u64> = org_ids.iter().cloned().collect();
+    let org_slot: hashbrown::HashMap<Arc<str>, u32> = org_ids.iter().cloned().collect();
     let mut user_ids = Vec::new();
-    let mut users = Vec::new();
+    let mut user_slots = Vec::new();
     for u in store.load_users()? {
-        let Some(&ou) = org_uid.get(u.org.as_str()) else {
+        let Some(&os) = org_slot.get(u.org.as_str()) else {
             return Err(StoreError::Incompatible(format!(
                 "user {} belongs to missing organisation {}",
                 u.id, u.org
             ))
             .into());
         };
-        let entry = user_entry(&u, ou, intern);
-        user_ids.push((
-            UserKey {
-                org: Arc::clone(&entry.org),
-                user: Arc::clone(&entry.id),
-            },
-            u.uid,
-        ));
-        users.push((u.uid, Arc::new(entry)));
+        let entry = user_entry(&u, os, intern);
+        let key = UserKey {
+            org: Arc::clone(&entry.org),
+            user: Arc::clone(&entry.id),
+        };
+        let slot = snap.users.push(Some(Arc::new(entry)));
+        user_ids.push((key, slot));
+        user_slots.push((u.uid, slot));
     }
-    let mut keys = crate::DigestMap::new();
+    let slot_of_uid: hashbrown::HashMap<u64, u32> = user_slots.iter().copied().collect();
     let mut live = 0;
     let mut bad_id = None;
     store.for_each_key(&mut |k| {
         if k.revoked_at.is_none() {
             live += 1;
         }
-        match key_entry(&k, intern) {
+        // Keys of deleted users point at no slot: refused, as they must be.
+        let slot = slot_of_uid.get(&k.user_uid).copied().unwrap_or(u32::MAX);
+        match key_entry(&k, slot, intern) {
             Some(e) => {
-                keys.insert(k.digest, e);
+                snap.keys.insert(k.digest, e);
             }
             None => bad_id = Some(k.id),
         }
@@ -917,29 +922,28 @@ fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error>
             StoreError::Incompatible(format!("key id {id:?} is not a scopegate key id")).into(),
         );
     }
-    Ok(Snapshot {
-        version,
-        changed_at_ms,
-        orgs: crate::ShardMap::from_entries(orgs),
-        org_ids: crate::ShardMap::from_entries(org_ids),
-        users: crate::ShardMap::from_entries(users),
-        user_ids: crate::ShardMap::from_entries(user_ids),
-        keys: {
-            keys.compact();
-            keys
-        },
-        live_keys: live,
-    })
+    snap.keys.compact();
+    snap.org_ids = crate::ShardMap::from_entries(org_ids);
+    snap.user_ids = crate::ShardMap::from_entries(user_ids);
+    snap.user_slots = crate::ShardMap::from_entries(user_slots);
+    snap.live_keys = live;
+    Ok(snap)
 }
 
-/// Applies a committed change to a snapshot copy. Copies only the shards the
-/// change touches.
+/// Applies a committed change to a snapshot copy. Copies only the shards and
+/// chunks the change touches.
 fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
     match change {
         Change::PutOrg { org, uid, domains } => {
-            let entry = org_entry(*uid, org, domains, intern);
-            snap.org_ids.insert(Arc::clone(&entry.name), *uid);
-            snap.orgs.insert(*uid, Arc::new(entry));
+            let entry = Arc::new(org_entry(*uid, org, domains, intern));
+            match snap.org_ids.get(org.as_str()).copied() {
+                Some(slot) => snap.orgs.set(slot, Some(entry)),
+                None => {
+                    let name = Arc::clone(&entry.name);
+                    let slot = snap.orgs.push(Some(entry));
+                    snap.org_ids.insert(name, slot);
+                }
+            }
         }
         Change::PutUser(u) => put_user_entry(snap, u, intern),
         Change::DeactivateUser {
@@ -952,14 +956,23 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
             org, user, revoke, ..
         } => {
             let key = user_key(org, user);
-            if let Some(uid) = snap.user_ids.remove(&key) {
-                snap.users.remove(&uid);
+            if let Some(slot) = snap.user_ids.remove(&key) {
+                if let Some(Some(u)) = snap.users.get(slot) {
+                    let uid = u.uid;
+                    snap.user_slots.remove(&uid);
+                }
+                snap.users.set(slot, None);
             }
             revoke_all(snap, revoke);
         }
         Change::CreateKeys(keys) => {
             for k in keys {
-                let entry = key_entry(k, intern).expect("ids of new keys are generated");
+                let slot = snap
+                    .user_slots
+                    .get(&k.user_uid)
+                    .copied()
+                    .expect("keys are planned against an existing user");
+                let entry = key_entry(k, slot, intern).expect("ids of new keys are generated");
                 snap.keys.insert(k.digest, entry);
                 snap.live_keys += 1;
             }
@@ -969,20 +982,24 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
 }
 
 fn put_user_entry(snap: &mut Snapshot, u: &UserRecord, intern: &mut Interner) {
-    let org_uid = snap
+    let org_slot = snap
         .org_ids
         .get(u.org.as_str())
         .copied()
         .expect("put_user is planned against an existing organisation");
-    let entry = user_entry(u, org_uid, intern);
-    snap.user_ids.insert(
-        UserKey {
-            org: Arc::clone(&entry.org),
-            user: Arc::clone(&entry.id),
-        },
-        u.uid,
-    );
-    snap.users.insert(u.uid, Arc::new(entry));
+    let entry = Arc::new(user_entry(u, org_slot, intern));
+    let key = UserKey {
+        org: Arc::clone(&entry.org),
+        user: Arc::clone(&entry.id),
+    };
+    match snap.user_ids.get(&key).copied() {
+        Some(slot) => snap.users.set(slot, Some(entry)),
+        None => {
+            let slot = snap.users.push(Some(entry));
+            snap.user_ids.insert(key, slot);
+            snap.user_slots.insert(u.uid, slot);
+        }
+    }
 }
 
 /// Marks keys revoked in a snapshot copy.

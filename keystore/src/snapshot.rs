@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use crate::dense::DenseVec;
 use crate::digest_map::DigestMap;
 use crate::model::{Access, KeyRecord, KeyScope, Role, Status, UserRecord};
 use crate::shardmap::{MixState, ShardMap};
@@ -52,8 +53,8 @@ pub struct UserEntry {
     /// Unique per incarnation: the version that created the user. A user
     /// deleted and created again gets a new uid, so old keys stay dead.
     pub uid: u64,
-    /// The organisation's uid.
-    pub org_uid: u64,
+    /// The organisation's slot in [`Snapshot::orgs`].
+    pub org_slot: u32,
     /// Organisation id, for identity headers.
     pub org: Arc<str>,
     /// User id, for identity headers.
@@ -108,8 +109,9 @@ pub enum KeyDomains {
 pub struct KeyEntry {
     /// Public id, as a number (see [`crate::secret::format_id`]).
     pub id: u64,
-    /// The creating user's uid.
-    pub user_uid: u64,
+    /// The creating user's slot in [`Snapshot::users`] (`u32::MAX`: a user
+    /// that no longer exists).
+    pub user_slot: u32,
     /// The declared domains (interned) and levels.
     pub domains: KeyDomains,
     /// Unix seconds (u32 keeps an entry and its digest in one cache line);
@@ -125,7 +127,7 @@ impl Default for KeyEntry {
     fn default() -> Self {
         KeyEntry {
             id: 0,
-            user_uid: 0,
+            user_slot: u32::MAX,
             domains: KeyDomains::Many(Arc::from([])),
             expires_at: 0,
             revoked: true,
@@ -250,14 +252,17 @@ pub struct Snapshot {
     pub version: u64,
     /// Unix milliseconds of the change that produced this version.
     pub changed_at_ms: i64,
-    /// Organisations by uid (the hot path).
-    pub orgs: ShardMap<u64, Arc<OrgEntry>, MixState>,
-    /// Organisation id -> uid (the admin path).
-    pub org_ids: ShardMap<Arc<str>, u64>,
-    /// Users by uid (the hot path).
-    pub users: ShardMap<u64, Arc<UserEntry>, MixState>,
-    /// (organisation, user id) -> uid (the admin path).
-    pub user_ids: ShardMap<UserKey, u64>,
+    /// Organisations by slot (the hot path: no hashing).
+    pub orgs: DenseVec<Option<Arc<OrgEntry>>>,
+    /// Organisation id -> slot (the admin path).
+    pub org_ids: ShardMap<Arc<str>, u32>,
+    /// Users by slot (the hot path: no hashing); deleted users leave their
+    /// slot empty.
+    pub users: DenseVec<Option<Arc<UserEntry>>>,
+    /// (organisation, user id) -> slot (the admin path).
+    pub user_ids: ShardMap<UserKey, u32>,
+    /// User uid -> slot, for keys as the store records them.
+    pub user_slots: ShardMap<u64, u32, MixState>,
     /// Keys by digest, revoked ones included.
     pub keys: DigestMap<KeyEntry>,
     /// Keys not revoked (expired ones included).
@@ -268,8 +273,8 @@ impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
             .field("version", &self.version)
-            .field("orgs", &self.orgs.len())
-            .field("users", &self.users.len())
+            .field("orgs", &self.org_ids.len())
+            .field("users", &self.user_ids.len())
             .field("keys", &self.keys.len())
             .finish()
     }
@@ -293,10 +298,11 @@ impl Snapshot {
         Snapshot {
             version: 0,
             changed_at_ms: 0,
-            orgs: ShardMap::new(),
+            orgs: DenseVec::default(),
             org_ids: ShardMap::new(),
-            users: ShardMap::new(),
+            users: DenseVec::default(),
             user_ids: ShardMap::new(),
+            user_slots: ShardMap::new(),
             keys: DigestMap::new(),
             live_keys: 0,
         }
@@ -315,19 +321,21 @@ impl Snapshot {
         }
         let user = self
             .users
-            .get(&key.user_uid)
+            .get(key.user_slot)
+            .and_then(Option::as_deref)
             .filter(|u| u.status == Status::Active)
             .ok_or(Refusal::CreatorInactive)?;
         let org = self
             .orgs
-            .get(&user.org_uid)
+            .get(user.org_slot)
+            .and_then(Option::as_deref)
             .ok_or(Refusal::CreatorInactive)?;
         Ok(Principal { key, user, org })
     }
 
     /// An organisation by id.
     pub fn org(&self, org: &str) -> Option<&Arc<OrgEntry>> {
-        self.orgs.get(self.org_ids.get(org)?)
+        self.orgs.get(*self.org_ids.get(org)?)?.as_ref()
     }
 
     /// A user by organisation and id.
@@ -336,7 +344,12 @@ impl Snapshot {
             org: Arc::from(org),
             user: Arc::from(user),
         };
-        self.users.get(self.user_ids.get(&k)?)
+        self.users.get(*self.user_ids.get(&k)?)?.as_ref()
+    }
+
+    /// Every user, now.
+    pub fn all_users(&self) -> impl Iterator<Item = &Arc<UserEntry>> {
+        self.users.iter().flatten()
     }
 }
 
@@ -448,10 +461,10 @@ impl Interner {
 }
 
 /// Builds the enforcement entry for a user record.
-pub(crate) fn user_entry(u: &UserRecord, org_uid: u64, intern: &mut Interner) -> UserEntry {
+pub(crate) fn user_entry(u: &UserRecord, org_slot: u32, intern: &mut Interner) -> UserEntry {
     UserEntry {
         uid: u.uid,
-        org_uid,
+        org_slot,
         org: intern.get(&u.org),
         id: intern.get(&u.id),
         role: u.role,
@@ -462,10 +475,10 @@ pub(crate) fn user_entry(u: &UserRecord, org_uid: u64, intern: &mut Interner) ->
 
 /// Builds the enforcement entry for a key record; `None` when its id is not
 /// one scopegate issued.
-pub(crate) fn key_entry(k: &KeyRecord, intern: &mut Interner) -> Option<KeyEntry> {
+pub(crate) fn key_entry(k: &KeyRecord, user_slot: u32, intern: &mut Interner) -> Option<KeyEntry> {
     Some(KeyEntry {
         id: crate::secret::parse_id(&k.id)?,
-        user_uid: k.user_uid,
+        user_slot,
         domains: match &k.scope {
             KeyScope::OrgWide => KeyDomains::All,
             KeyScope::Domains(d) if d.len() == 1 => {
