@@ -48,6 +48,11 @@ impl Drop for Serve {
 }
 
 fn serve(config: &std::path::Path) -> Serve {
+    serve_logging(config, "warn")
+}
+
+/// `serve` with this `RUST_LOG` filter; stderr is piped for the test to read.
+fn serve_logging(config: &std::path::Path, rust_log: &str) -> Serve {
     let text = std::fs::read_to_string(config).unwrap();
     let addr = |key: &str| -> SocketAddr {
         let line = text.lines().find(|l| l.starts_with(key)).unwrap();
@@ -58,6 +63,7 @@ fn serve(config: &std::path::Path) -> Serve {
         .arg(config)
         .env("SCOPEGATE_PEPPER", std::str::from_utf8(PEPPER).unwrap())
         .env("SCOPEGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", rust_log)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -302,41 +308,7 @@ fn every_admin_change_is_audited_with_actor_change_and_version() {
     let sending = MockUpstream::spawn("sending").unwrap();
     let domains = MockUpstream::spawn("domains").unwrap();
     let path = config_file(dir.path(), sending.addr(), domains.addr(), "");
-    let mut gw = {
-        // Same as serve(), with the audit target on.
-        let text = std::fs::read_to_string(&path).unwrap();
-        let addr = |key: &str| -> SocketAddr {
-            text.lines()
-                .find(|l| l.starts_with(key))
-                .unwrap()
-                .split('"')
-                .nth(1)
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        let child = bin()
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("SCOPEGATE_PEPPER", std::str::from_utf8(PEPPER).unwrap())
-            .env("SCOPEGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn,scopegate::audit=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let s = Serve {
-            child,
-            proxy: addr("listen ="),
-            admin: addr("admin_listen ="),
-        };
-        poll("serve", || {
-            std::net::TcpStream::connect(s.admin).is_ok()
-                && Request::new("GET", "/healthz").send(s.admin).status == 200
-        });
-        s
-    };
+    let mut gw = serve_logging(&path, "warn,scopegate::audit=info");
     let admin = |r: Request| r.bearer(ADMIN_TOKEN).send(gw.admin);
     assert_eq!(
         admin(
