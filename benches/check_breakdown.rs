@@ -2,8 +2,8 @@
 //! the table lookup, the creator and organisation, the scope. A profiling
 //! aid beside the criterion bench, printing ns per call for each stage.
 //! `N=1000000 cargo bench -p scopegate-suite --bench check_breakdown`
-use scopegate_keystore::{Access, DomainRef, KeyStore, Pepper, Target};
-use scopegate_suite::population::populate;
+use scopegate_keystore::{secret, Access, DomainRef, KeyStore, Pepper, Target};
+use scopegate_suite::population::{populate, shuffled};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -15,22 +15,16 @@ fn main() {
         .unwrap_or(1_000_000);
     let pop = populate(&ks, n);
     let now = scopegate_keystore::time::now();
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut x: u64 = 0x9E3779B97F4A7C15;
-    for i in (1..n).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    let mut buf = String::with_capacity(n * 41);
+    let order = shuffled(n);
+    let len = secret::ISSUED_LEN;
+    let mut buf = String::with_capacity(n * len);
     for &k in &order {
         buf.push_str(&pop.secrets[k]);
     }
     let hits: Vec<(&str, &str)> = order
         .iter()
         .enumerate()
-        .map(|(i, &k)| (&buf[i * 41..(i + 1) * 41], pop.writable[k]))
+        .map(|(i, &k)| (&buf[i * len..(i + 1) * len], pop.writable[k]))
         .collect();
     let digests: Vec<_> = hits.iter().map(|(s, _)| ks.digest(s).unwrap()).collect();
     let iters = 2_000_000;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use scopegate_keystore::{secret, Access, DomainRef, KeyStore, Pepper, Target, UserInput};
-use scopegate_suite::population::{populate, Population};
+use scopegate_suite::population::{populate, shuffled, Population};
 
 const PEPPER: &[u8] = b"bench-pepper-0123456789abcdef";
 
@@ -31,19 +31,6 @@ fn check(ks: &KeyStore, secret: &str, domain: &str, now: i64) -> bool {
             .is_ok(),
         Err(_) => false,
     }
-}
-
-/// A fixed pseudo-random order, so consecutive checks touch unrelated keys.
-fn shuffled(n: usize) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in (1..n).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    v
 }
 
 fn bench_checks(c: &mut Criterion, label: &str, ks: &KeyStore, pop: &Population) {

@@ -100,3 +100,17 @@ pub fn populate(ks: &KeyStore, n: usize) -> Population {
         writable,
     }
 }
+
+/// `0..n` in a fixed pseudo-random order (xorshift), so that consecutive
+/// checks in a bench touch unrelated keys, the same order on every run.
+pub fn shuffled(n: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
