@@ -17,13 +17,14 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use scopegate_config::Config;
+use scopegate_keystore::time::now;
 use scopegate_keystore::{
     Access, DomainInput, Error as KsError, ErrorKind, KeyStore, NewKey, Role, Status, UserInput,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::respond::error_body;
+use crate::respond::error_json;
 use crate::routing::Routing;
 use crate::State;
 
@@ -49,9 +50,7 @@ impl Answer {
         }
     }
     fn error(status: StatusCode, code: &str, message: impl AsRef<str>) -> Answer {
-        let body: Value = serde_json::from_slice(&error_body(code, message.as_ref()))
-            .expect("error bodies are JSON");
-        Answer::json(status, body)
+        Answer::json(status, error_json(code, message.as_ref()))
     }
     fn versioned(mut self, version: u64) -> Answer {
         self.version = Some(version);
@@ -207,10 +206,6 @@ fn authenticate<'a>(state: &'a State, header: Option<&[u8]>) -> Result<&'a str, 
             "a valid admin token is required (Authorization: Bearer <token>)",
         )
     })
-}
-
-fn now() -> i64 {
-    scopegate_keystore::time::now()
 }
 
 /// Runs a blocking key store call off the async workers.
@@ -655,25 +650,17 @@ pub fn reload(state: &State) -> Result<usize, String> {
             .map_err(|e| e.to_string())?;
         let current = state.routing.load();
         let cur = &current.config;
-        let mut fixed = Vec::new();
-        if next.listen != cur.listen {
-            fixed.push("listen");
-        }
-        if next.admin_listen != cur.admin_listen {
-            fixed.push("admin_listen");
-        }
-        if next.store != cur.store {
-            fixed.push("store");
-        }
-        if next.threads != cur.threads {
-            fixed.push("threads");
-        }
-        if next.secrets != cur.secrets {
-            fixed.push("secrets");
-        }
-        if next.log != cur.log {
-            fixed.push("log");
-        }
+        let fixed: Vec<&str> = [
+            ("listen", next.listen != cur.listen),
+            ("admin_listen", next.admin_listen != cur.admin_listen),
+            ("store", next.store != cur.store),
+            ("threads", next.threads != cur.threads),
+            ("secrets", next.secrets != cur.secrets),
+            ("log", next.log != cur.log),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
         if !fixed.is_empty() {
             return Err(format!(
                 "{} cannot change without a restart; nothing was reloaded",

@@ -57,13 +57,6 @@ fn refuse_scope(r: Refusal) -> Verdict {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Sets the identity headers the upstream receives for an admitted key.
 fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64, ids: &Identity) {
     let key_id = p.key.id_string();
@@ -154,7 +147,7 @@ pub fn decide_head(
     let Some(m) = routing.find(method.as_str(), &segments) else {
         return Head::Refuse(Reply::NotFound, Outcome::NotFound, Some("no_route"));
     };
-    ctx.route = routing.routes.iter().position(|r| std::ptr::eq(r, m.entry));
+    ctx.route = Some(m.index);
     let route = &m.entry.route;
     // The `{domain}` segment, when its canonical form differs from the request's.
     let mut renamed: Option<(usize, String)> = None;
@@ -190,7 +183,7 @@ pub fn decide_head(
             .map_err(|r| refuse_key(metrics, r))?;
         let snap = keystore.snapshot();
         let principal = snap
-            .authenticate(&digest, unix_now())
+            .authenticate(&digest, scopegate_keystore::time::now())
             .map_err(|r| refuse_key(metrics, r))?;
         let allowed = match &route.target {
             RouteTarget::Key => principal.authorize(Target::AnyKey),
@@ -472,7 +465,7 @@ pub fn check_senders(
     })?;
     let snap = keystore.snapshot();
     let principal = snap
-        .authenticate(digest, unix_now())
+        .authenticate(digest, scopegate_keystore::time::now())
         .map_err(|r| refuse_key(metrics, r))?;
     let batch = !matches!(spec.messages, scopegate_config::Messages::Single);
     for (i, d) in domains.iter().enumerate() {

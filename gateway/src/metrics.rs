@@ -86,8 +86,9 @@ pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
     requests: IntCounterVec,
-    /// Invalid keys by reason (malformed, unknown, revoked, expired, creator_inactive).
-    invalid_keys: IntCounterVec,
+    /// Invalid keys by reason, one counter per [`Refusal`] (only the key
+    /// refusals are ever counted), resolved once so a refusal does no label lookup.
+    invalid_keys: [IntCounter; Refusal::ALL.len()],
     /// Time for the whole key check: format, digest, lookup, scope.
     pub key_check: Histogram,
     /// Upstream response time by group (header received).
@@ -223,11 +224,15 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        for r in Refusal::ALL.iter().filter(|r| r.is_authentication()) {
-            if *r != Refusal::MissingKey {
-                invalid_keys.with_label_values(&[r.as_str()]);
+        // Every key refusal's series exists from the start; the other
+        // reasons' counters are never registered nor incremented.
+        let invalid_keys = Refusal::ALL.map(|r| {
+            if r.is_authentication() && r != Refusal::MissingKey {
+                invalid_keys.with_label_values(&[r.as_str()])
+            } else {
+                IntCounter::new("unregistered", "not exported").expect("valid metric")
             }
-        }
+        });
         for result in ["ok", "rejected"] {
             reloads.with_label_values(&[result]);
         }
@@ -283,19 +288,16 @@ impl Metrics {
 
     /// Counts a 401 invalid_api_key by its reason.
     pub fn invalid_key(&self, reason: Refusal) {
-        self.invalid_keys
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        // Refusal::ALL lists the variants in declaration order (tested in the
+        // keystore), so the discriminant is the index.
+        self.invalid_keys[reason as usize].inc();
     }
 
     /// Renders the text exposition, refreshing the snapshot gauges first.
     pub fn render(&self, keystore: &KeyStore) -> Vec<u8> {
         let snap = keystore.snapshot();
         self.snapshot_version.set(snap.version as i64);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now_ms = scopegate_keystore::time::now_ms();
         if snap.changed_at_ms > 0 {
             self.snapshot_age
                 .set((now_ms - snap.changed_at_ms).max(0) as f64 / 1000.0);

@@ -64,7 +64,7 @@ impl Ctx {
     pub fn new() -> Ctx {
         Ctx {
             start: Instant::now(),
-            ts_ms: now_ms(),
+            ts_ms: scopegate_keystore::time::now_ms(),
             routing: None,
             route: None,
             group: None,
@@ -132,13 +132,6 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
         .ok()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Proxy {
     /// Answers with `reply` and records the decision.
     async fn refuse(
@@ -170,7 +163,7 @@ impl ProxyHttp for Proxy {
     /// forwarded itself), `Ok(false)` to let Pingora forward it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.start = Instant::now();
-        ctx.ts_ms = now_ms();
+        ctx.ts_ms = scopegate_keystore::time::now_ms();
         self.state.metrics.in_flight.inc();
         ctx.counted = true;
         let routing = self.state.routing.load_full();

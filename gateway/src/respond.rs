@@ -110,9 +110,13 @@ impl Reply {
 }
 
 /// `{"error":{"code":…,"message":…}}`, shared with the admin API.
+pub fn error_json(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"code": code, "message": message}})
+}
+
+/// [`error_json`] as response bytes.
 pub fn error_body(code: &str, message: &str) -> Bytes {
-    let v = serde_json::json!({"error": {"code": code, "message": message}});
-    Bytes::from(serde_json::to_vec(&v).expect("JSON of strings serialises"))
+    Bytes::from(serde_json::to_vec(&error_json(code, message)).expect("JSON of strings serialises"))
 }
 
 #[cfg(test)]

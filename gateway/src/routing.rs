@@ -87,6 +87,8 @@ pub struct Routing {
 
 /// A route that matched, with the captured `{domain}` segment.
 pub struct Matched<'r, 'p> {
+    /// Its index in [`Routing::routes`].
+    pub index: usize,
     /// The route.
     pub entry: &'r RouteEntry,
     /// The `{domain}` segment, if the pattern has one.
@@ -147,15 +149,15 @@ impl Routing {
 
     /// The first route whose method and path match.
     pub fn find<'r, 'p>(&'r self, method: &str, segments: &[&'p str]) -> Option<Matched<'r, 'p>> {
-        self.routes.iter().find_map(|entry| {
+        self.routes.iter().enumerate().find_map(|(index, entry)| {
             if !entry.route.allows_method(method) {
                 return None;
             }
-            entry
-                .route
-                .path
-                .matches(segments)
-                .map(|domain| Matched { entry, domain })
+            entry.route.path.matches(segments).map(|domain| Matched {
+                index,
+                entry,
+                domain,
+            })
         })
     }
 }

@@ -11,7 +11,7 @@ use crate::model::{
 };
 use crate::secret::{self, Pepper};
 use crate::snapshot::{
-    key_entry, org_entry, user_entry, Interner, Refusal, Snapshot, Target, UserKey,
+    key_entry, org_entry, user_entry, Interner, Refusal, Snapshot, Target, UserEntry, UserKey,
 };
 use crate::store::{Audit, Change, Store, StoreError};
 use crate::Digest;
@@ -201,13 +201,6 @@ fn lock(m: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn valid_org_id(org: &str) -> Result<(), Error> {
     let ok = !org.is_empty()
         && org.len() <= 128
@@ -345,7 +338,7 @@ impl KeyStore {
                 version: cur.version,
             });
         };
-        let at_ms = now_ms();
+        let at_ms = crate::time::now_ms();
         let version = store.commit(&change, &Audit { actor, at_ms })?;
         let mut next = (*cur).clone();
         apply(&mut next, &change, intern);
@@ -460,7 +453,7 @@ impl KeyStore {
                 {
                     Change::DeactivateUser {
                         user: record,
-                        at: now_ms() / 1000,
+                        at: crate::time::now(),
                         revoke: live_digests(store, org, &user)?,
                     }
                 } else {
@@ -484,10 +477,7 @@ impl KeyStore {
         self.write(
             actor,
             |snap, store| {
-                snap.org(org).ok_or_else(|| org_missing(org))?;
-                let u = snap
-                    .user(org, &user)
-                    .ok_or_else(|| user_missing(org, &user))?;
+                let u = existing_user(snap, org, &user)?;
                 if u.status == Status::Deactivated {
                     return Ok(None);
                 }
@@ -505,7 +495,7 @@ impl KeyStore {
                 Ok(Some((
                     Change::DeactivateUser {
                         user: record,
-                        at: now_ms() / 1000,
+                        at: crate::time::now(),
                         revoke: live_digests(store, org, &user)?,
                     },
                     (),
@@ -521,10 +511,7 @@ impl KeyStore {
         self.write(
             actor,
             |snap, store| {
-                snap.org(org).ok_or_else(|| org_missing(org))?;
-                let u = snap
-                    .user(org, &user)
-                    .ok_or_else(|| user_missing(org, &user))?;
+                let u = existing_user(snap, org, &user)?;
                 if u.role == Role::Owner && u.status == Status::Active {
                     last_owner_check(snap, org, &user)?;
                 }
@@ -532,7 +519,7 @@ impl KeyStore {
                     Change::DeleteUser {
                         org: org.to_string(),
                         user: user.clone(),
-                        at: now_ms() / 1000,
+                        at: crate::time::now(),
                         revoke: live_digests(store, org, &user)?,
                     },
                     (),
@@ -720,6 +707,16 @@ fn key_missing(id: &str) -> Error {
     Error::not_found("key_not_found", format!("no key with id {id:?}"))
 }
 
+/// A user of an existing organisation, or the 404 that says which is missing.
+fn existing_user<'s>(
+    snap: &'s Snapshot,
+    org: &str,
+    user: &str,
+) -> Result<&'s Arc<UserEntry>, Error> {
+    snap.org(org).ok_or_else(|| org_missing(org))?;
+    snap.user(org, user).ok_or_else(|| user_missing(org, user))
+}
+
 /// Refuses a change that would leave the organisation without an active owner.
 fn last_owner_check(snap: &Snapshot, org: &str, leaving: &str) -> Result<(), Error> {
     let other_owner = snap.all_users().any(|u| {
@@ -748,9 +745,7 @@ fn plan_key(
 ) -> Result<(KeyRecord, String), Error> {
     let org_entry = snap.org(org).ok_or_else(|| org_missing(org))?;
     let user = canonical_user_id(&k.user)?;
-    let u = snap
-        .user(org, &user)
-        .ok_or_else(|| user_missing(org, &user))?;
+    let u = existing_user(snap, org, &user)?;
     if u.status != Status::Active {
         return Err(Error::rule(
             "user_deactivated",

@@ -203,7 +203,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Every refusal, for pre-registering metric label values.
+    /// Every refusal, in declaration order (so `r as usize` indexes it), for
+    /// pre-registering metric label values.
     pub const ALL: [Refusal; 9] = [
         Refusal::MissingKey,
         Refusal::MalformedKey,
@@ -517,4 +518,16 @@ pub(crate) fn org_entry(
         org.domains.insert(name, d.id);
     }
     org
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_discriminants_index_all() {
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+    }
 }
