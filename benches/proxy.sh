@@ -103,11 +103,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 USED_PORTS=" "
+# Ports below the kernel's ephemeral range: a port in that range can be the
+# source port of some connection (wrk's, the proxy's to its upstream) at the
+# moment a server binds it, and the bind fails.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+(( EPHEMERAL_LOW > 12000 )) || die "the ephemeral port range starts at $EPHEMERAL_LOW: no room for the bench's ports below it"
 # free_port VAR: a loopback port nobody listens on, not handed out before.
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
         [[ $USED_PORTS == *" $p "* ]] && continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             USED_PORTS+="$p "

@@ -152,6 +152,48 @@ fn every_config_mistake_is_reported_at_once_with_its_key() {
     }
 }
 
+/// A taken port is a startup error with the address in it, not a process
+/// that keeps running without its listener (Pingora alone would panic on its
+/// service thread and leave the rest up).
+#[test]
+fn serve_exits_with_a_clear_error_when_its_port_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = config_file(dir.path(), up, up, "");
+    for flag in ["--listen", "--admin-listen"] {
+        let mut child = bin()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args([flag, &taken_addr.to_string()])
+            .env("SCOPEGATE_PEPPER", std::str::from_utf8(PEPPER).unwrap())
+            .env("SCOPEGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve {flag} {taken_addr} kept running with its port taken");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{flag}: {status:?}");
+        assert!(err.contains(&taken_addr.to_string()), "{flag}: {err}");
+        assert!(err.contains("cannot listen"), "{flag}: {err}");
+    }
+    drop(taken);
+}
+
 #[test]
 fn check_decides_offline_like_the_proxy() {
     let dir = tempfile::tempdir().unwrap();

@@ -199,6 +199,17 @@ pub fn run_with_state(
     state: Arc<State>,
     shutdown: Box<dyn ShutdownSignalWatch>,
 ) -> anyhow::Result<()> {
+    // Pingora binds the listeners on its own service threads and, when an
+    // address is taken, retries for a while and then panics on that thread
+    // while the rest of the process keeps running. Binding here first turns
+    // that into a clear error and a non-zero exit.
+    for (what, addr) in [
+        ("listen", config.listen),
+        ("admin_listen", config.admin_listen),
+    ] {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("{what}: cannot listen on {addr}: {e}"))?;
+    }
     let grace_secs = config.grace_period.as_millis().div_ceil(1000) as u64;
     let pool = config
         .upstreams
