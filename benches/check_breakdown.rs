@@ -1,4 +1,5 @@
-//! Where the time of one key check goes at N keys (default 1M): the digest,
+//! Where the time of one key check goes at N keys (default 1M): presenting
+//! the key (format, locator, prefetch, digest),
 //! the table lookup, the creator and organisation, the scope. A profiling
 //! aid beside the criterion bench, printing ns per call for each stage.
 //! `N=1000000 cargo bench -p scopegate-suite --bench check_breakdown`
@@ -26,17 +27,23 @@ fn main() {
         .enumerate()
         .map(|(i, &k)| (&buf[i * len..(i + 1) * len], pop.writable[k]))
         .collect();
-    let digests: Vec<_> = hits.iter().map(|(s, _)| ks.digest(s).unwrap()).collect();
-    let iters = 2_000_000;
+    let snap = ks.snapshot_arc();
+    let digests: Vec<_> = hits
+        .iter()
+        .map(|(s, _)| ks.present(&snap, s).unwrap())
+        .collect();
+    let iters: usize = std::env::var("ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000);
     let t = Instant::now();
     for i in 0..iters {
-        black_box(ks.digest(black_box(hits[i % n].0)).unwrap());
+        black_box(ks.present(&snap, black_box(hits[i % n].0)).unwrap());
     }
     println!(
-        "digest only: {:.1} ns",
+        "present (format, locator, prefetch, digest): {:.1} ns",
         t.elapsed().as_nanos() as f64 / iters as f64
     );
-    let snap = ks.snapshot_arc();
     let t = Instant::now();
     for i in 0..iters {
         black_box(snap.keys.get(black_box(&digests[i % n])));
@@ -71,8 +78,8 @@ fn main() {
     let t = Instant::now();
     for i in 0..iters {
         let (s, d) = &hits[i % n];
-        let dg = ks.digest(s).unwrap();
         let g = ks.snapshot();
+        let dg = ks.present(&g, s).unwrap();
         let p = g.authenticate(&dg, now).unwrap();
         black_box(
             p.authorize(Target::Domain(DomainRef::Name(d), Access::ReadWrite))

@@ -14,7 +14,7 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use scopegate_config::{SenderSpec, Target as RouteTarget};
-use scopegate_keystore::{Access, Digest, DomainRef, KeyStore, Principal, Refusal, Target};
+use scopegate_keystore::{Access, DomainRef, Hashed, KeyStore, Principal, Refusal, Target};
 
 use crate::canon;
 use crate::keys::{self, Presented};
@@ -93,8 +93,8 @@ pub enum Head {
     Forward,
     /// A send route: the key is live; the body decides.
     NeedBody {
-        /// The key's digest, to re-check against the snapshot current once the body is in.
-        digest: Digest,
+        /// The key, hashed, to re-check against the snapshot current once the body is in.
+        key: Hashed,
         /// Where the senders are.
         spec: SenderSpec,
         /// The route's body limit.
@@ -177,13 +177,13 @@ pub fn decide_head(
     let ids = &routing.identity;
     // The key check proper, timed whatever its outcome.
     let started = Instant::now();
-    let checked: std::result::Result<Digest, Verdict> = (|| {
-        let digest: Digest = keystore
-            .digest(secret)
-            .map_err(|r| refuse_key(metrics, r))?;
+    let checked: std::result::Result<Hashed, Verdict> = (|| {
         let snap = keystore.snapshot();
+        let key: Hashed = keystore
+            .present(&snap, secret)
+            .map_err(|r| refuse_key(metrics, r))?;
         let principal = snap
-            .authenticate(&digest, scopegate_keystore::time::now())
+            .authenticate(&key, scopegate_keystore::time::now())
             .map_err(|r| refuse_key(metrics, r))?;
         let allowed = match &route.target {
             RouteTarget::Key => principal.authorize(Target::AnyKey),
@@ -217,18 +217,18 @@ pub fn decide_head(
         if !matches!(route.target, RouteTarget::Sender(_)) {
             admit(ctx, &principal, snap.version, ids);
         }
-        Ok(digest)
+        Ok(key)
     })();
     metrics.key_check.observe(started.elapsed().as_secs_f64());
-    let digest = match checked {
-        Ok(d) => d,
+    let key = match checked {
+        Ok(k) => k,
         Err(v) => return v.into(),
     };
     ctx.group = Some(m.entry.group.clone());
     ctx.upstream_uri = upstream_uri(&segments, unchanged, renamed, req.uri.query(), config);
     match &route.target {
         RouteTarget::Sender(spec) => Head::NeedBody {
-            digest,
+            key,
             spec: spec.clone(),
             limit: route.max_body_bytes,
         },
@@ -251,7 +251,7 @@ pub async fn decide(
     session: &mut Session,
     ctx: &mut Ctx,
 ) -> Result<Verdict> {
-    let (digest, spec, limit) = match decide_head(
+    let (key, spec, limit) = match decide_head(
         &state.keystore,
         &state.metrics,
         routing,
@@ -260,11 +260,7 @@ pub async fn decide(
     ) {
         Head::Refuse(r, o, why) => return Ok(Verdict::Refuse(r, o, why)),
         Head::Forward => return Ok(Verdict::Forward),
-        Head::NeedBody {
-            digest,
-            spec,
-            limit,
-        } => (digest, spec, limit),
+        Head::NeedBody { key, spec, limit } => (key, spec, limit),
     };
     let timeout = routing.config.limits.body_read_timeout;
     let body = match read_body(session, ctx, limit, timeout).await? {
@@ -275,7 +271,7 @@ pub async fn decide(
         &state.keystore,
         &state.metrics,
         ctx,
-        &digest,
+        &key,
         &body,
         &spec,
         &routing.identity,
@@ -445,7 +441,7 @@ pub fn check_senders(
     keystore: &KeyStore,
     metrics: &Metrics,
     ctx: &mut Ctx,
-    digest: &Digest,
+    key: &Hashed,
     body: &[u8],
     spec: &SenderSpec,
     ids: &Identity,
@@ -465,7 +461,7 @@ pub fn check_senders(
     })?;
     let snap = keystore.snapshot();
     let principal = snap
-        .authenticate(digest, scopegate_keystore::time::now())
+        .authenticate(key, scopegate_keystore::time::now())
         .map_err(|r| refuse_key(metrics, r))?;
     let batch = !matches!(spec.messages, scopegate_config::Messages::Single);
     for (i, d) in domains.iter().enumerate() {

@@ -84,11 +84,7 @@ pub fn decide(
     match decide_head(keystore, &metrics, &routing, &req, &mut ctx) {
         Head::Refuse(r, o, why) => return Ok(refused(r, o, why)),
         Head::Forward => {}
-        Head::NeedBody {
-            digest,
-            spec,
-            limit,
-        } => {
+        Head::NeedBody { key, spec, limit } => {
             if body.len() as u64 > limit {
                 let r = crate::respond::Reply::TooLarge;
                 return Ok(refused(
@@ -101,7 +97,7 @@ pub fn decide(
                 keystore,
                 &metrics,
                 &mut ctx,
-                &digest,
+                &key,
                 body,
                 &spec,
                 &routing.identity,

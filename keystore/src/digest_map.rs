@@ -1,27 +1,36 @@
-//! The key table: digests to entries, built for one thing — a lookup that
-//! touches one place in memory.
+//! The key table: presented secrets to entries, built for one thing — a
+//! lookup that waits for memory once, and not for long.
 //!
 //! A SwissTable (hashbrown) keeps its control bytes and its entries in two
-//! different places, so a lookup at a million keys pays two cache misses. A
-//! digest is already uniform, and keys are never deleted (revoked keys stay,
-//! marked), so a plain open-addressing table with linear probing does with
-//! one: the first slot is at `digest[0..8] * capacity >> 64`, and a slot is
-//! one 64-byte cache line holding the first 16 bytes of the digest and the
-//! entry itself. Capacity is sized to the entry count (not rounded to a power
-//! of two), which also saves memory.
+//! different places, so a lookup at a million keys pays two cache misses.
+//! Here a slot is one 64-byte cache line holding the first 16 bytes of the
+//! key's digest and the entry itself, in an open-addressing table with linear
+//! probing; keys are never deleted (revoked keys stay, marked). Capacity is
+//! sized to the entry count (not rounded to a power of two), which also saves
+//! memory.
+//!
+//! Where a key sits is decided by its [`Locator`] (a keyed SipHash of the
+//! secret), not by its digest: a check computes the locator first, asks the
+//! CPU to fetch the slot ([`DigestMap::prefetch`]), and computes the BLAKE3
+//! digest while the slot travels from memory — at a million keys both take
+//! about as long, so the miss is mostly hidden. Keys stored before locators
+//! existed sit where their digest says ([`Locator::of_digest`]); while any
+//! such key is in the table, a lookup that misses looks there too.
 //!
 //! Sixteen bytes of a keyed BLAKE3 digest are a 128-bit MAC: without the
 //! pepper, a guessed secret matches any of a million stored keys with
-//! probability 2^-108. An all-zero prefix marks an empty slot; a digest with
-//! that prefix (probability 2^-128) is never stored, so such a key is refused
-//! rather than confused with an empty slot — the table fails closed.
+//! probability 2^-108, wherever it is looked up. An all-zero prefix marks an
+//! empty slot; a digest with that prefix (probability 2^-128) is never
+//! stored, so such a key is refused rather than confused with an empty slot —
+//! the table fails closed.
 //!
 //! Like [`crate::ShardMap`], the table is split into 1024 copy-on-write
-//! shards (chosen by other digest bits), so a snapshot clones in O(1) and a
-//! change copies one shard of ~1k entries.
+//! shards (chosen by the locator's low bits), so a snapshot clones in O(1)
+//! and a change copies one shard of ~1k entries.
 
 use std::sync::Arc;
 
+use crate::secret::{Hashed, Locator};
 use crate::Digest;
 
 const SHARD_BITS: u32 = 10;
@@ -41,6 +50,23 @@ fn prefix(d: &Digest) -> Prefix {
     p
 }
 
+/// The shard a locator picks (its low bits).
+#[inline]
+fn shard_of(l: Locator) -> usize {
+    l.0 as usize & (SHARDS - 1)
+}
+
+/// The locator bits that pick the first slot within the shard (its high bits).
+#[inline]
+fn place_of(l: Locator) -> u32 {
+    (l.0 >> 32) as u32
+}
+
+#[inline]
+fn first_slot(place: u32, cap: usize) -> usize {
+    ((u64::from(place) * cap as u64) >> 32) as usize
+}
+
 /// One slot: a cache line holding the digest prefix and the entry.
 #[derive(Clone, Default)]
 #[repr(C, align(64))]
@@ -54,6 +80,9 @@ struct Slot<V> {
 #[derive(Clone)]
 struct Table<V> {
     slots: Box<[Slot<V>]>,
+    /// Each slot's place, to re-insert it when the shard grows. Lookups never
+    /// read it, so it is kept apart from the slots.
+    places: Box<[u32]>,
     len: usize,
 }
 
@@ -61,19 +90,10 @@ impl<V> Default for Table<V> {
     fn default() -> Self {
         Table {
             slots: Box::new([]),
+            places: Box::new([]),
             len: 0,
         }
     }
-}
-
-#[inline]
-fn first_slot(d: &Digest, cap: usize) -> usize {
-    ((u128::from(d.table_hash()) * cap as u128) >> 64) as usize
-}
-
-#[inline]
-fn shard_of(d: &Digest) -> usize {
-    u16::from_le_bytes([d.0[8], d.0[9]]) as usize & (SHARDS - 1)
 }
 
 impl<V: Clone + Default> Table<V> {
@@ -84,21 +104,21 @@ impl<V: Clone + Default> Table<V> {
     fn with_capacity(cap: usize) -> Self {
         Table {
             slots: (0..cap).map(|_| Slot::default()).collect(),
+            places: vec![0; cap].into_boxed_slice(),
             len: 0,
         }
     }
 
     #[inline]
-    fn get(&self, d: &Digest) -> Option<&V> {
+    fn get(&self, place: u32, key: &Prefix) -> Option<&V> {
         let cap = self.slots.len();
-        let key = prefix(d);
-        if cap == 0 || key == EMPTY {
+        if cap == 0 {
             return None;
         }
-        let mut i = first_slot(d, cap);
+        let mut i = first_slot(place, cap);
         loop {
             let slot = &self.slots[i];
-            if slot.key == key {
+            if slot.key == *key {
                 return Some(&slot.value);
             }
             if slot.key == EMPTY {
@@ -112,9 +132,9 @@ impl<V: Clone + Default> Table<V> {
     }
 
     /// Inserts or replaces (keyed by the prefix); the table must have a free slot.
-    fn put(&mut self, d: &Digest, key: Prefix, v: V) -> Option<V> {
+    fn put(&mut self, place: u32, key: Prefix, v: V) -> Option<V> {
         let cap = self.slots.len();
-        let mut i = first_slot(d, cap);
+        let mut i = first_slot(place, cap);
         loop {
             let slot = &mut self.slots[i];
             if slot.key == key {
@@ -122,6 +142,7 @@ impl<V: Clone + Default> Table<V> {
             }
             if slot.key == EMPTY {
                 *slot = Slot { key, value: v };
+                self.places[i] = place;
                 self.len += 1;
                 return None;
             }
@@ -134,32 +155,34 @@ impl<V: Clone + Default> Table<V> {
 
     fn rebuilt(&mut self, cap: usize) -> Table<V> {
         let mut t = Table::with_capacity(cap);
-        for slot in std::mem::take(&mut self.slots).into_vec() {
+        let places = std::mem::take(&mut self.places);
+        for (slot, place) in std::mem::take(&mut self.slots)
+            .into_vec()
+            .into_iter()
+            .zip(places.iter())
+        {
             if slot.key != EMPTY {
-                // The first slot depends only on the leading bytes, which the
-                // prefix keeps.
-                let mut d = Digest([0; 32]);
-                d.0[..16].copy_from_slice(&slot.key);
-                t.put(&d, slot.key, slot.value);
+                t.put(*place, slot.key, slot.value);
             }
         }
         t
     }
 
-    fn insert(&mut self, d: &Digest, v: V) -> Option<V> {
-        let key = prefix(d);
+    fn insert(&mut self, place: u32, key: Prefix, v: V) -> Option<V> {
         debug_assert_ne!(key, EMPTY, "callers filter the empty prefix");
         if (self.len + 1) * 8 > self.slots.len() * MAX_LOAD_EIGHTHS {
             *self = self.rebuilt(Self::capacity_for((self.len + 1) * 2));
         }
-        self.put(d, key, v)
+        self.put(place, key, v)
     }
 }
 
-/// Digests to entries, sharded and copy-on-write. See the module docs.
+/// Hashed secrets to entries, sharded and copy-on-write. See the module docs.
 pub struct DigestMap<V> {
     shards: Arc<[Arc<Table<V>>]>,
     len: usize,
+    /// Entries placed by their digest (stored without a locator).
+    by_digest: usize,
 }
 
 impl<V> Clone for DigestMap<V> {
@@ -167,6 +190,7 @@ impl<V> Clone for DigestMap<V> {
         DigestMap {
             shards: Arc::clone(&self.shards),
             len: self.len,
+            by_digest: self.by_digest,
         }
     }
 }
@@ -176,6 +200,7 @@ impl<V: Clone + Default> Default for DigestMap<V> {
         DigestMap {
             shards: (0..SHARDS).map(|_| Arc::new(Table::default())).collect(),
             len: 0,
+            by_digest: 0,
         }
     }
 }
@@ -210,23 +235,49 @@ impl<V: Clone + Default> DigestMap<V> {
         self.len == 0
     }
 
-    /// Looks a digest up: one shard pointer, then (usually) one slot.
+    /// Starts fetching the slot a lookup at `l` reads first, without waiting
+    /// for it: a hint to the CPU, which never faults and changes nothing.
     #[inline]
-    pub fn get(&self, d: &Digest) -> Option<&V> {
-        self.shards[shard_of(d)].get(d)
+    pub fn prefetch(&self, l: Locator) {
+        let t = &self.shards[shard_of(l)];
+        if let Some(slot) = t.slots.get(first_slot(place_of(l), t.slots.len())) {
+            prefetch_line(slot);
+        }
     }
 
-    /// Inserts or replaces, copying the shard array and one shard if another
-    /// snapshot shares them.
-    pub fn insert(&mut self, d: Digest, v: V) -> Option<V> {
-        if prefix(&d) == EMPTY {
+    /// Looks a presented secret up: one shard pointer, then (usually) one
+    /// slot; a second place only for a miss while keys without a locator exist.
+    #[inline]
+    pub fn get(&self, p: &Hashed) -> Option<&V> {
+        let key = prefix(&p.digest);
+        if key == EMPTY {
+            return None;
+        }
+        let found = self.shards[shard_of(p.locator)].get(place_of(p.locator), &key);
+        if found.is_some() || self.by_digest == 0 {
+            return found;
+        }
+        let l = Locator::of_digest(&p.digest);
+        self.shards[shard_of(l)].get(place_of(l), &key)
+    }
+
+    /// Inserts or replaces the entry of the key with this digest at this
+    /// locator, copying the shard array and one shard if another snapshot
+    /// shares them.
+    pub fn insert(&mut self, p: Hashed, v: V) -> Option<V> {
+        let key = prefix(&p.digest);
+        if key == EMPTY {
             // Never stored: see the module documentation.
             return None;
         }
         let shards = Arc::make_mut(&mut self.shards);
-        let old = Arc::make_mut(&mut shards[shard_of(&d)]).insert(&d, v);
+        let old =
+            Arc::make_mut(&mut shards[shard_of(p.locator)]).insert(place_of(p.locator), key, v);
         if old.is_none() {
             self.len += 1;
+            if p.locator == Locator::of_digest(&p.digest) {
+                self.by_digest += 1;
+            }
         }
         old
     }
@@ -239,6 +290,23 @@ impl<V: Clone + Default> DigestMap<V> {
     }
 }
 
+/// The one unsafe operation of the keystore: a prefetch hint.
+#[inline]
+#[allow(unsafe_code)]
+fn prefetch_line<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only hints the cache; it reads nothing the
+    // program sees and cannot fault, and the pointer comes from a live
+    // reference anyway. SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (r as *const T).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,29 +315,89 @@ mod tests {
         Digest(*blake3::hash(&i.to_le_bytes()).as_bytes())
     }
 
+    /// A key with a locator independent of its digest, as issued keys have.
+    fn key(i: u64) -> Hashed {
+        let l = blake3::hash(&(i ^ 0x5a5a_5a5a).to_be_bytes());
+        Hashed {
+            locator: Locator(u64::from_le_bytes(l.as_bytes()[..8].try_into().unwrap())),
+            digest: digest(i),
+        }
+    }
+
+    /// A key stored without a locator: placed by its digest.
+    fn legacy(i: u64) -> Hashed {
+        let d = digest(i);
+        Hashed {
+            locator: Locator::of_digest(&d),
+            digest: d,
+        }
+    }
+
     #[test]
     fn inserts_replaces_and_finds_everything() {
         let mut m: DigestMap<u64> = DigestMap::new();
         for i in 0..20_000 {
-            assert_eq!(m.insert(digest(i), i), None);
+            assert_eq!(m.insert(key(i), i), None);
         }
-        assert_eq!(m.insert(digest(7), 70), Some(7));
+        assert_eq!(m.insert(key(7), 70), Some(7));
         assert_eq!(m.len(), 20_000);
         for i in 0..20_000 {
             let want = if i == 7 { 70 } else { i };
-            assert_eq!(m.get(&digest(i)), Some(&want));
+            assert_eq!(m.get(&key(i)), Some(&want));
         }
         for i in 20_000..21_000 {
-            assert_eq!(m.get(&digest(i)), None);
+            assert_eq!(m.get(&key(i)), None);
         }
         assert_eq!(m.values().count(), 20_000);
+    }
+
+    #[test]
+    fn the_digest_decides_not_the_locator() {
+        let mut m: DigestMap<u64> = DigestMap::new();
+        for i in 0..1000 {
+            m.insert(key(i), i);
+        }
+        for i in 0..1000 {
+            // The right place with the wrong digest finds nothing...
+            let wrong = Hashed {
+                locator: key(i).locator,
+                digest: digest(i + 1_000_000),
+            };
+            assert_eq!(m.get(&wrong), None);
+            // ...and the right digest looked up elsewhere is not found there.
+            let elsewhere = Hashed {
+                locator: key(i + 1_000_000).locator,
+                digest: digest(i),
+            };
+            assert_eq!(m.get(&elsewhere), None);
+        }
+    }
+
+    #[test]
+    fn keys_without_a_locator_are_found_by_their_digest() {
+        let mut m: DigestMap<u64> = DigestMap::new();
+        for i in 0..3000 {
+            let k = if i % 3 == 0 { legacy(i) } else { key(i) };
+            m.insert(k, i);
+        }
+        assert_eq!(m.by_digest, 1000);
+        for i in 0..3000 {
+            // A presented secret always comes with its computed locator; a
+            // legacy key is still found, through the second place.
+            assert_eq!(m.get(&key(i)), Some(&i), "{i}");
+        }
+        assert_eq!(m.get(&key(5000)), None);
+        // Updating a legacy entry in place does not count it twice.
+        m.insert(legacy(3), 33);
+        assert_eq!(m.by_digest, 1000);
+        assert_eq!(m.get(&key(3)), Some(&33));
     }
 
     #[test]
     fn compacting_keeps_every_entry_and_frees_slots() {
         let mut built = DigestMap::new();
         for i in 0..5000 {
-            built.insert(digest(i), i);
+            built.insert(key(i), i);
         }
         let before: usize = built.shards.iter().map(|t| t.slots.len()).sum();
         built.compact();
@@ -277,23 +405,23 @@ mod tests {
         assert!(after <= before);
         assert_eq!(built.len(), 5000);
         for i in 0..5000 {
-            assert_eq!(built.get(&digest(i)), Some(&i));
+            assert_eq!(built.get(&key(i)), Some(&i));
         }
-        assert_eq!(built.get(&digest(99_999)), None);
+        assert_eq!(built.get(&key(99_999)), None);
     }
 
     #[test]
     fn clones_do_not_see_later_changes_and_share_untouched_shards() {
         let mut a = DigestMap::new();
         for i in 0..5000 {
-            a.insert(digest(i), i);
+            a.insert(key(i), i);
         }
         let b = a.clone();
-        a.insert(digest(1), 100);
-        a.insert(digest(123_456), 1);
-        assert_eq!(b.get(&digest(1)), Some(&1));
-        assert_eq!(b.get(&digest(123_456)), None);
-        assert_eq!(a.get(&digest(1)), Some(&100));
+        a.insert(key(1), 100);
+        a.insert(key(123_456), 1);
+        assert_eq!(b.get(&key(1)), Some(&1));
+        assert_eq!(b.get(&key(123_456)), None);
+        assert_eq!(a.get(&key(1)), Some(&100));
         let shared = a
             .shards
             .iter()
@@ -314,19 +442,37 @@ mod tests {
         let mut m: DigestMap<u64> = DigestMap::new();
         let mut d = Digest([0; 32]);
         d.0[20] = 1;
-        assert_eq!(m.insert(d, 1), None);
-        assert_eq!(m.get(&d), None);
+        let p = Hashed {
+            locator: key(1).locator,
+            digest: d,
+        };
+        assert_eq!(m.insert(p, 1), None);
+        assert_eq!(m.get(&p), None);
         assert_eq!(m.len(), 0);
     }
 
     #[test]
     fn an_empty_shard_grows_from_nothing() {
-        let mut t: Table<u8> = Table::default();
-        assert_eq!(t.get(&digest(1)), None);
-        for i in 0..100 {
-            t.insert(&digest(i), i as u8);
+        let mut m: DigestMap<u8> = DigestMap::new();
+        m.prefetch(key(1).locator);
+        assert_eq!(m.get(&key(1)), None);
+        // All in one shard, so it grows several times.
+        let mut same_shard = Vec::new();
+        let mut i = 0;
+        while same_shard.len() < 100 {
+            if shard_of(key(i).locator) == 0 {
+                same_shard.push(i);
+            }
+            i += 1;
         }
+        for (n, &i) in same_shard.iter().enumerate() {
+            m.insert(key(i), n as u8);
+            m.prefetch(key(i).locator);
+        }
+        let t = &m.shards[0];
         assert!(t.len * 8 <= t.slots.len() * MAX_LOAD_EIGHTHS);
-        assert_eq!(t.get(&digest(50)), Some(&50));
+        for (n, &i) in same_shard.iter().enumerate() {
+            assert_eq!(m.get(&key(i)), Some(&(n as u8)));
+        }
     }
 }

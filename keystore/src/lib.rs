@@ -19,7 +19,7 @@
 //!   [`sqlite`]: the embedded SQLite implementation.
 //! - [`engine`]: [`KeyStore`], the lock-free reader side and the single writer
 //!   that validates, commits durably, then publishes.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod dense;
@@ -41,7 +41,7 @@ pub use engine::{
 pub use model::{
     canonical_domain, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role, Status, UserRecord,
 };
-pub use secret::{Digest, Pepper};
+pub use secret::{Digest, Hashed, Locator, Pepper};
 pub use shardmap::ShardMap;
 pub use snapshot::{DomainRef, KeyDomains, Principal, Refusal, Snapshot, Target};
 pub use sqlite::SqliteStore;

@@ -179,6 +179,9 @@ pub struct KeyRecord {
     pub id: String,
     /// Keyed BLAKE3 digest of the secret.
     pub digest: crate::Digest,
+    /// Where the key sits in the key table (see [`crate::Locator`]); for a
+    /// key stored without one, [`crate::Locator::of_digest`].
+    pub locator: crate::Locator,
     /// Owning organisation.
     pub org: String,
     /// Creating user.
@@ -195,6 +198,16 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// Unix seconds; set once, never cleared.
     pub revoked_at: Option<i64>,
+}
+
+impl KeyRecord {
+    /// Where the key sits in the table and its digest.
+    pub fn hashed(&self) -> crate::Hashed {
+        crate::Hashed {
+            locator: self.locator,
+            digest: self.digest,
+        }
+    }
 }
 
 /// Key metadata as the admin API shows it: no secret, no digest.

@@ -53,10 +53,46 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// Where a key's entry sits in the key table: a keyed SipHash-1-3 of the
+/// secret. It takes a fifth of the time of the BLAKE3 digest, so a check
+/// computes it first and starts fetching the table slot from memory while
+/// the digest is being computed (at a million keys that fetch is a cache
+/// miss as long as the digest itself). It only says where to look: the
+/// digest is what proves the key. Stored beside the digest; like the digest
+/// it is keyed by the pepper, so the file alone cannot test guesses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Locator(pub u64);
+
+impl fmt::Debug for Locator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Locator(<redacted>)")
+    }
+}
+
+impl Locator {
+    /// Where a key stored without a locator (by a scopegate before schema
+    /// version 2) sits: by its digest's leading bytes.
+    #[inline]
+    pub fn of_digest(d: &Digest) -> Locator {
+        Locator(d.table_hash())
+    }
+}
+
+/// A presented secret, checked for format and hashed: what the table is
+/// searched with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hashed {
+    /// Where to look.
+    pub locator: Locator,
+    /// What must match.
+    pub digest: Digest,
+}
+
 /// The pepper as a BLAKE3 key, derived from the configured secret bytes.
 #[derive(Clone)]
 pub struct Pepper {
     key: [u8; 32],
+    locator_key: (u64, u64),
 }
 
 impl fmt::Debug for Pepper {
@@ -69,8 +105,30 @@ impl Pepper {
     /// Derives the digest key from the configured pepper (any length; the
     /// config insists on at least 16 bytes).
     pub fn new(pepper: &[u8]) -> Pepper {
+        let l = blake3::derive_key("scopegate 2026-11 api key table locator", pepper);
+        let word = |i: usize| u64::from_le_bytes(l[i..i + 8].try_into().expect("8 bytes"));
         Pepper {
             key: blake3::derive_key("scopegate 2026-11 api key digest pepper", pepper),
+            locator_key: (word(0), word(8)),
+        }
+    }
+
+    /// Keyed SipHash-1-3 of a secret: where its entry sits in the table.
+    #[inline]
+    pub fn locator(&self, secret: &str) -> Locator {
+        use std::hash::Hasher as _;
+        let mut h =
+            siphasher::sip::SipHasher13::new_with_keys(self.locator_key.0, self.locator_key.1);
+        h.write(secret.as_bytes());
+        Locator(h.finish())
+    }
+
+    /// Locator and digest of a secret.
+    #[inline]
+    pub fn present(&self, secret: &str) -> Hashed {
+        Hashed {
+            locator: self.locator(secret),
+            digest: self.digest(secret),
         }
     }
 
@@ -255,6 +313,20 @@ mod tests {
         assert_ne!(p1.fingerprint(), p2.fingerprint());
         assert_eq!(format!("{:?}", p1.digest("k")), "Digest(<redacted>)");
         assert_eq!(format!("{p1:?}"), "Pepper(<redacted>)");
+    }
+
+    #[test]
+    fn locator_depends_on_pepper_and_secret_and_hides_itself() {
+        let p1 = Pepper::new(b"pepper-one-0123456789");
+        let p2 = Pepper::new(b"pepper-two-0123456789");
+        let s = generate();
+        assert_eq!(p1.locator(&s), p1.locator(&s));
+        assert_ne!(p1.locator(&s), p2.locator(&s));
+        assert_ne!(p1.locator(&s), p1.locator(&generate()));
+        // Not derived from the digest: knowing one says nothing of the other.
+        assert_ne!(p1.locator(&s), Locator::of_digest(&p1.digest(&s)));
+        assert_eq!(p1.present(&s).digest, p1.digest(&s));
+        assert_eq!(format!("{:?}", p1.locator(&s)), "Locator(<redacted>)");
     }
 
     #[test]

@@ -13,8 +13,8 @@ use hashbrown::HashMap;
 use crate::dense::DenseVec;
 use crate::digest_map::DigestMap;
 use crate::model::{Access, KeyRecord, KeyScope, Role, Status, UserRecord};
+use crate::secret::Hashed;
 use crate::shardmap::{MixState, ShardMap};
-use crate::Digest;
 
 /// An organisation as enforcement sees it.
 #[derive(Clone, Debug, Default)]
@@ -312,8 +312,8 @@ impl Snapshot {
     /// Finds the key for a digest and checks that it, and its creator, are
     /// live at `now` (Unix seconds).
     #[inline]
-    pub fn authenticate(&self, digest: &Digest, now: i64) -> Result<Principal<'_>, Refusal> {
-        let key = self.keys.get(digest).ok_or(Refusal::UnknownKey)?;
+    pub fn authenticate(&self, key: &Hashed, now: i64) -> Result<Principal<'_>, Refusal> {
+        let key = self.keys.get(key).ok_or(Refusal::UnknownKey)?;
         if key.revoked {
             return Err(Refusal::RevokedKey);
         }

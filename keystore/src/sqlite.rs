@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::model::{Access, Domain, KeyRecord, KeyScope, Role, Status, UserRecord};
 use crate::store::{Audit, Change, Store, StoreError};
-use crate::Digest;
+use crate::{Digest, Locator};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many
 /// have run. Never edit a released migration: append a new one.
@@ -48,6 +48,9 @@ const MIGRATIONS: &[&str] = &[
          actor TEXT NOT NULL,
          kind TEXT NOT NULL,
          subject TEXT NOT NULL);",
+    // 2: where each key sits in the key table (a keyed hash of the secret, see
+    // `Locator`). Keys stored before have none and are found by digest.
+    "ALTER TABLE keys ADD COLUMN locator INTEGER;",
 ];
 
 /// The SQLite-backed [`Store`].
@@ -127,7 +130,7 @@ fn parse<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, StoreError
 }
 
 const KEY_COLUMNS: &str =
-    "id, digest, org, user, user_uid, org_wide, domains, expires_at, name, created_at, revoked_at";
+    "id, digest, org, user, user_uid, org_wide, domains, expires_at, name, created_at, revoked_at, locator";
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
     let digest: Vec<u8> = row.get(1)?;
@@ -149,6 +152,9 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>
         Ok((digest, scope)) => Ok(KeyRecord {
             id: row.get(0)?,
             digest,
+            locator: row
+                .get::<_, Option<i64>>(11)?
+                .map_or_else(|| Locator::of_digest(&digest), |l| Locator(l as u64)),
             org: row.get(2)?,
             user: row.get(3)?,
             user_uid: row.get::<_, i64>(4)? as u64,
@@ -338,7 +344,7 @@ impl Store for SqliteStore {
             Change::CreateKeys(keys) => {
                 let mut stmt = tx
                     .prepare(&format!(
-                        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
                     ))
                     .map_err(db)?;
                 for k in keys {
@@ -357,7 +363,8 @@ impl Store for SqliteStore {
                         k.expires_at,
                         k.name,
                         k.created_at,
-                        k.revoked_at
+                        k.revoked_at,
+                        k.locator.0 as i64
                     ])
                     .map_err(db)?;
                 }

@@ -42,8 +42,8 @@ pub enum Change {
         user: UserRecord,
         /// Unix seconds, recorded as the keys' revocation time.
         at: i64,
-        /// Digests of the keys this revokes, so the snapshot can mark them.
-        revoke: Vec<crate::Digest>,
+        /// The keys this revokes, so the snapshot can mark them.
+        revoke: Vec<crate::Hashed>,
     },
     /// Delete a user and revoke every key they created.
     DeleteUser {
@@ -53,8 +53,8 @@ pub enum Change {
         user: String,
         /// Unix seconds, recorded as the keys' revocation time.
         at: i64,
-        /// Digests of the keys this revokes, so the snapshot can mark them.
-        revoke: Vec<crate::Digest>,
+        /// The keys this revokes, so the snapshot can mark them.
+        revoke: Vec<crate::Hashed>,
     },
     /// Add keys (one created, or many imported at once).
     CreateKeys(Vec<KeyRecord>),
@@ -62,8 +62,8 @@ pub enum Change {
     RevokeKey {
         /// Public key id.
         id: String,
-        /// Its digest, so the snapshot can mark it.
-        digest: crate::Digest,
+        /// Where it is and its digest, so the snapshot can mark it.
+        key: crate::Hashed,
         /// Unix seconds.
         at: i64,
     },

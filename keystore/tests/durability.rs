@@ -785,3 +785,75 @@ fn restart_with_ten_thousand_keys_reproduces_every_decision() {
     assert_eq!(decide(&reopened), before);
     assert_eq!(reopened.list_keys("org-0", None, at).unwrap(), before_meta);
 }
+
+/// A store written before schema version 2 keeps its keys without a
+/// locator: after the migration they are found by their digest, revoke as
+/// before, live beside new keys, and all of it survives a reopen.
+#[test]
+fn keys_stored_before_locators_existed_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let read = Target::Domain(DomainRef::Name("a.example"), Access::Read);
+    let (old_a, old_b) = {
+        let ks = open(&db);
+        ks.put_org(ACTOR, "o", &domains(&["a.example"])).unwrap();
+        ks.put_user(ACTOR, "o", "owner@o.test", user(Role::Owner, &[]))
+            .unwrap();
+        let mut made = (0..2).map(|_| {
+            ks.create_key(ACTOR, "o", new_key("owner@o.test"), NOW)
+                .unwrap()
+                .value
+        });
+        (made.next().unwrap(), made.next().unwrap())
+    };
+    // What schema version 1 wrote: no locator column at all.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("ALTER TABLE keys DROP COLUMN locator; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+    let new = {
+        let ks = open(&db);
+        assert_eq!(SqliteStore::open(&db).unwrap().schema_version().unwrap(), 2);
+        assert!(ks.check(Some(&old_a.secret), read, NOW).outcome.is_ok());
+        assert!(ks.check(Some(&old_b.secret), read, NOW).outcome.is_ok());
+        let new = ks
+            .create_key(ACTOR, "o", new_key("owner@o.test"), NOW)
+            .unwrap()
+            .value;
+        assert!(ks.check(Some(&new.secret), read, NOW).outcome.is_ok());
+        ks.revoke_key(ACTOR, &old_b.meta.id, NOW).unwrap();
+        assert_eq!(
+            ks.check(Some(&old_b.secret), read, NOW)
+                .outcome
+                .unwrap_err(),
+            Refusal::RevokedKey
+        );
+        assert!(ks.check(Some(&old_a.secret), read, NOW).outcome.is_ok());
+        // Importing an old key's secret again is still a conflict.
+        let again = NewKey {
+            secret: Some(old_a.secret.clone()),
+            ..new_key("owner@o.test")
+        };
+        assert_eq!(
+            ks.create_key(ACTOR, "o", again, NOW).unwrap_err().code,
+            "key_exists"
+        );
+        new
+    };
+    let ks = open(&db);
+    assert!(ks.check(Some(&old_a.secret), read, NOW).outcome.is_ok());
+    assert!(ks.check(Some(&new.secret), read, NOW).outcome.is_ok());
+    assert_eq!(
+        ks.check(Some(&old_b.secret), read, NOW)
+            .outcome
+            .unwrap_err(),
+        Refusal::RevokedKey
+    );
+    assert_eq!(
+        ks.check(Some(&scopegate_keystore::secret::generate()), read, NOW)
+            .outcome
+            .unwrap_err(),
+        Refusal::UnknownKey
+    );
+}
