@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The proxy benchmark: one command, every scenario side by side in one run.
 #
-#   bash benches/proxy.sh [--quick] [--duration SECS] [--threads N] [--keys N]
+#   bash benches/proxy.sh [--quick] [--duration SECS] [--threads N] [--keys N] [--ab ROUNDS]
 #
 # On 127.0.0.1, free ports, the same wrk settings (-t2 -c64 --latency) and the
 # same duration for each scenario:
@@ -14,6 +14,11 @@
 # Scenarios 1-4 use the same wrk script (benches/wrk/random_key.lua), so the
 # client does the same work in each. nginx and scopegate get the same number
 # of worker threads (--threads, default 1).
+#
+# Then the A/B: a pass-through and an enforcing gateway run side by side on the
+# same store, and wrk alternates between them ROUNDS times (default 4, 8 s
+# each; --ab 0 skips it); medians of requests/s and CPU per request. On a
+# noisy VM this is the figure to quote for enforcing / pass-through.
 #
 # Installs wrk and nginx from Debian packages when missing, builds the release
 # binary, stops everything it started on exit, prints a table and writes it to
@@ -28,9 +33,11 @@ KEYS=1000000
 WRK_THREADS=2
 WRK_CONNECTIONS=64
 WARMUP=1
+AB_ROUNDS=4
+AB_SECS=8
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -39,6 +46,7 @@ while [[ $# -gt 0 ]]; do
         --duration) DURATION=${2:?--duration needs seconds}; shift 2 ;;
         --threads) THREADS=${2:?--threads needs a number}; shift 2 ;;
         --keys) KEYS=${2:?--keys needs a number}; shift 2 ;;
+        --ab) AB_ROUNDS=${2:?--ab needs a number of rounds}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "proxy.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -328,6 +336,58 @@ bench "5. scopegate refusing invalid keys" "$GW" "$WRK_DIR/invalid_key.lua" /
 bench "6. scopegate POST /email, 1 KiB" "$GW" "$WRK_DIR/send.lua" /
 stop_pid "$GATE_PID" INT
 
+# ---------------------------------------------------------------- A/B
+AB_REPORT=""
+if [[ $AB_ROUNDS -gt 0 ]]; then
+    free_port GWP; free_port ADMP; free_port GWE; free_port ADME
+    start_scopegate AB_PASS "$GWP" "$ADMP" --bench-passthrough domains
+    start_scopegate AB_GATE "$GWE" "$ADME"
+    expect_status 200 "a valid key (A/B)" "$GWE" GET "/domains/$FIRST_DOMAIN" "$FIRST_KEY"
+    AB_LINES=()
+    # ab_run MODE PID PORT: one wrk run; appends "MODE rps cpu_us p99_ms" to AB_LINES.
+    ab_run() {
+        local mode=$1 pid=$2 port=$3 out c0 c1 n
+        wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${WARMUP}s" -s "$WRK_DIR/random_key.lua" \
+            "http://127.0.0.1:$port/" >/dev/null
+        c0=$(cpu_ticks "$pid")
+        out=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${AB_SECS}s" --latency \
+            -s "$WRK_DIR/random_key.lua" "http://127.0.0.1:$port/")
+        c1=$(cpu_ticks "$pid")
+        n=$(echo "$out" | awk '/requests in/ {print $1}')
+        echo "$out" | grep -q "Non-2xx" && die "A/B $mode: non-2xx answers"
+        AB_LINES+=("$mode $(echo "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}') $(us_per_request $((c1 - c0)) "$n") $(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")")
+        log "A/B $mode: ${AB_LINES[-1]}"
+    }
+    for ((r = 1; r <= AB_ROUNDS; r++)); do
+        ab_run passthrough "$AB_PASS" "$GWP"
+        ab_run enforcing "$AB_GATE" "$GWE"
+    done
+    stop_pid "$AB_PASS" INT
+    stop_pid "$AB_GATE" INT
+    AB_REPORT=$(printf '%s\n' "${AB_LINES[@]}" | awk -v rounds="$AB_ROUNDS" -v secs="$AB_SECS" '
+        function median(a, n,   i, j, t) {
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+            return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        { n[$1]++; rps[$1, n[$1]] = $2; cpu[$1, n[$1]] = $3; p99[$1, n[$1]] = $4 }
+        END {
+            for (m in n) {
+                for (i = 1; i <= n[m]; i++) { a[i] = rps[m, i] }; R[m] = median(a, n[m])
+                for (i = 1; i <= n[m]; i++) { a[i] = cpu[m, i] }; C[m] = median(a, n[m])
+                for (i = 1; i <= n[m]; i++) { a[i] = p99[m, i] }; P[m] = median(a, n[m])
+            }
+            printf "A/B, %d alternating rounds of %d s, both gateways running on the same store:\n\n", rounds, secs
+            print "| gateway | median requests/s | median proxy CPU µs/req | median p99 ms |"
+            print "|---|---:|---:|---:|"
+            printf "| pass-through | %.0f | %.1f | %.3f |\n", R["passthrough"], C["passthrough"], P["passthrough"]
+            printf "| enforcing | %.0f | %.1f | %.3f |\n", R["enforcing"], C["enforcing"], P["enforcing"]
+            printf "\n| A/B ratio | value |\n|---|---:|\n"
+            printf "| enforcing / pass-through, requests/s | %.2f |\n", R["enforcing"] / R["passthrough"]
+            printf "| enforcing / pass-through, CPU per request | %.2f |\n", C["enforcing"] / C["passthrough"]
+            printf "| CPU per request added by enforcement | %.1f µs |\n", C["enforcing"] - C["passthrough"]
+        }')
+fi
+
 # ---------------------------------------------------------------- report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
 
@@ -370,6 +430,10 @@ REPORT=$(
     echo "| proxy CPU per request: enforcing / nginx | $(ratio "${PROXY_CPU[3]}" "${PROXY_CPU[1]}") |"
     echo
     echo "CPU µs/req: user + system CPU time of the process (nginx: master and workers) during the measured run, from /proc, divided by the requests wrk completed. It is what one request costs the proxy, independent of how the 2 cores were shared."
+    if [[ -n $AB_REPORT ]]; then
+        echo
+        echo "$AB_REPORT"
+    fi
 )
 mkdir -p "$TARGET"
 echo "$REPORT" >"$TARGET/bench-proxy.md"
