@@ -3,8 +3,8 @@
 //! the table lookup, the creator and organisation, the scope. A profiling
 //! aid beside the criterion bench, printing ns per call for each stage.
 //! `N=1000000 cargo bench -p scopegate-suite --bench check_breakdown`
-use scopegate_keystore::{secret, Access, DomainRef, KeyStore, Pepper, Target};
-use scopegate_suite::population::{populate, shuffled};
+use scopegate_keystore::{Access, DomainRef, KeyStore, Pepper, Target};
+use scopegate_suite::population::{populate, LaidOut};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -16,17 +16,8 @@ fn main() {
         .unwrap_or(1_000_000);
     let pop = populate(&ks, n);
     let now = scopegate_keystore::time::now();
-    let order = shuffled(n);
-    let len = secret::ISSUED_LEN;
-    let mut buf = String::with_capacity(n * len);
-    for &k in &order {
-        buf.push_str(&pop.secrets[k]);
-    }
-    let hits: Vec<(&str, &str)> = order
-        .iter()
-        .enumerate()
-        .map(|(i, &k)| (&buf[i * len..(i + 1) * len], pop.writable[k]))
-        .collect();
+    let laid = LaidOut::new(&pop);
+    let hits = laid.pairs();
     let snap = ks.snapshot_arc();
     let digests: Vec<_> = hits
         .iter()

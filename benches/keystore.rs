@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use scopegate_keystore::{secret, Access, DomainRef, KeyStore, Pepper, Target, UserInput};
-use scopegate_suite::population::{populate, shuffled, Population};
+use scopegate_suite::population::{populate, LaidOut, Population};
 
 const PEPPER: &[u8] = b"bench-pepper-0123456789abcdef";
 
@@ -35,22 +35,9 @@ fn check(ks: &KeyStore, secret: &str, domain: &str, now: i64) -> bool {
 
 fn bench_checks(c: &mut Criterion, label: &str, ks: &KeyStore, pop: &Population) {
     let now = scopegate_keystore::time::now();
-    // Keys in a random order of the population, but laid out one after the
-    // other in one buffer, as a request's key arrives in a fresh, cache-hot
-    // buffer: the misses measured are the table's, not the benchmark's. (One
-    // String per key, allocated after the population, landed wherever the
-    // allocator had room: reading the secret was a cache miss of its own.)
-    let order = shuffled(pop.secrets.len());
-    let len = secret::ISSUED_LEN;
-    let mut buf = String::with_capacity(order.len() * len);
-    for &k in &order {
-        buf.push_str(&pop.secrets[k]);
-    }
-    let hits: Vec<(&str, &str)> = order
-        .iter()
-        .enumerate()
-        .map(|(i, &k)| (&buf[i * len..(i + 1) * len], pop.writable[k]))
-        .collect();
+    // Keys in a random order of the population, laid out in one buffer.
+    let laid = LaidOut::new(pop);
+    let hits = laid.pairs();
     let misses: Vec<String> = (0..1024).map(|_| secret::generate()).collect();
     let malformed: Vec<String> = misses
         .iter()

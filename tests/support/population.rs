@@ -114,3 +114,38 @@ pub fn shuffled(n: usize) -> Vec<usize> {
     }
     v
 }
+
+/// Every secret of a population in [`shuffled`] order, one after the other in
+/// one buffer, as a request's key arrives in a fresh, cache-hot buffer: a
+/// bench's cache misses are then the table's, not its own. (One `String` per
+/// key, allocated after the population, lands wherever the allocator has
+/// room, and reading the secret was a cache miss of the harness's.)
+pub struct LaidOut {
+    buf: String,
+    writable: Vec<&'static str>,
+}
+
+impl LaidOut {
+    /// Lays out `pop`'s secrets.
+    pub fn new(pop: &Population) -> LaidOut {
+        let order = shuffled(pop.secrets.len());
+        let mut buf = String::with_capacity(order.len() * scopegate_keystore::secret::ISSUED_LEN);
+        for &k in &order {
+            buf.push_str(&pop.secrets[k]);
+        }
+        LaidOut {
+            buf,
+            writable: order.iter().map(|&k| pop.writable[k]).collect(),
+        }
+    }
+
+    /// (secret, a domain it can write) for every key, in the laid-out order.
+    pub fn pairs(&self) -> Vec<(&str, &'static str)> {
+        let len = scopegate_keystore::secret::ISSUED_LEN;
+        self.writable
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| (&self.buf[i * len..(i + 1) * len], d))
+            .collect()
+    }
+}
