@@ -257,7 +257,8 @@ impl KeyStore {
 
     /// Opens (or creates) the SQLite store at `path`.
     pub fn open_sqlite(path: &std::path::Path, pepper: Pepper) -> Result<KeyStore, Error> {
-        KeyStore::open(Box::new(crate::SqliteStore::open(path)?), pepper)
+        let store = crate::SqliteStore::open_with_pepper(path, &pepper.fingerprint())?;
+        KeyStore::open(Box::new(store), pepper)
     }
 
     /// A store in memory only, for tests and dry runs.

@@ -70,12 +70,44 @@ impl SqliteStore {
         Self::init(conn)
     }
 
+    /// Like [`SqliteStore::open`], but refuses a store recorded with another
+    /// pepper *before* migrating it, so a misconfigured pepper never upgrades
+    /// the schema of a store it cannot read (which would also lock out the
+    /// older scopegate it belongs to).
+    pub fn open_with_pepper(path: &Path, fingerprint: &str) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))?;
+        let mut store = Self::configure(conn)?;
+        if store.schema_version()? >= 1 {
+            let stored: Option<String> = store
+                .conn
+                .query_row(
+                    "SELECT value FROM meta WHERE name = 'pepper_fingerprint'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            if stored.is_some_and(|s| s != fingerprint) {
+                return Err(StoreError::WrongPepper);
+            }
+        }
+        store.migrate()?;
+        Ok(store)
+    }
+
     /// A store that lives in memory only: for tests and `check` dry runs.
     pub fn in_memory() -> Result<SqliteStore, StoreError> {
         Self::init(Connection::open_in_memory().map_err(db)?)
     }
 
     fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
+        let mut store = Self::configure(conn)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn configure(conn: Connection) -> Result<SqliteStore, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -83,9 +115,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
-        let mut store = SqliteStore { conn };
-        store.migrate()?;
-        Ok(store)
+        Ok(SqliteStore { conn })
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {

@@ -812,6 +812,17 @@ fn keys_stored_before_locators_existed_keep_working() {
         c.execute_batch("ALTER TABLE keys DROP COLUMN locator; PRAGMA user_version = 1;")
             .unwrap();
     }
+    // The wrong pepper is refused before the schema is touched: the older
+    // scopegate this store belongs to could still open it.
+    match KeyStore::open_sqlite(&db, Pepper::new(b"another-pepper-0123456789")) {
+        Ok(_) => panic!("opened with the wrong pepper"),
+        Err(e) => assert_eq!(e.message, StoreError::WrongPepper.to_string()),
+    }
+    let version: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1, "a refused open migrated the store");
     let new = {
         let ks = open(&db);
         assert_eq!(SqliteStore::open(&db).unwrap().schema_version().unwrap(), 2);
