@@ -152,6 +152,8 @@ fn counters_match_known_traffic_exactly() {
         sample_value(&m, "scopegate_keys"),
         (gw.keystore.status().keys) as f64
     );
+    // Every key of this store was created with a locator.
+    assert_eq!(sample_value(&m, "scopegate_keys_without_locator"), 0.0);
     assert_eq!(
         sample_value(&m, "scopegate_snapshot_version"),
         gw.keystore.status().version as f64

@@ -100,6 +100,7 @@ pub struct Metrics {
     snapshot_version: IntGauge,
     snapshot_age: prometheus::Gauge,
     keys: IntGauge,
+    keys_without_locator: IntGauge,
     users: IntGauge,
     orgs: IntGauge,
     /// Admin mutations by kind and result.
@@ -177,6 +178,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let keys = IntGauge::new("scopegate_keys", "Keys not revoked.").expect("valid metric");
+        let keys_without_locator = IntGauge::new(
+            "scopegate_keys_without_locator",
+            "Keys stored before schema version 2: found by digest, with a second table probe; reissue them.",
+        )
+        .expect("valid metric");
         let users = IntGauge::new("scopegate_users", "Users.").expect("valid metric");
         let orgs = IntGauge::new("scopegate_orgs", "Organisations.").expect("valid metric");
         let admin_mutations = IntCounterVec::new(
@@ -215,6 +221,7 @@ impl Metrics {
             Box::new(snapshot_version.clone()),
             Box::new(snapshot_age.clone()),
             Box::new(keys.clone()),
+            Box::new(keys_without_locator.clone()),
             Box::new(users.clone()),
             Box::new(orgs.clone()),
             Box::new(admin_mutations.clone()),
@@ -259,6 +266,7 @@ impl Metrics {
             snapshot_version,
             snapshot_age,
             keys,
+            keys_without_locator,
             users,
             orgs,
             admin_mutations,
@@ -303,6 +311,8 @@ impl Metrics {
                 .set((now_ms - snap.changed_at_ms).max(0) as f64 / 1000.0);
         }
         self.keys.set(snap.live_keys as i64);
+        self.keys_without_locator
+            .set(snap.keys.placed_by_digest() as i64);
         self.users.set(snap.user_ids.len() as i64);
         self.orgs.set(snap.org_ids.len() as i64);
         drop(snap);

@@ -235,6 +235,12 @@ impl<V: Clone + Default> DigestMap<V> {
         self.len == 0
     }
 
+    /// Entries stored without a locator (placed by their digest); while
+    /// there are any, a lookup that misses probes a second place.
+    pub fn placed_by_digest(&self) -> usize {
+        self.by_digest
+    }
+
     /// Starts fetching the slot a lookup at `l` reads first, without waiting
     /// for it: a hint to the CPU, which never faults and changes nothing.
     #[inline]

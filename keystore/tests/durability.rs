@@ -833,6 +833,9 @@ fn keys_stored_before_locators_existed_keep_working() {
             .unwrap()
             .value;
         assert!(ks.check(Some(&new.secret), read, NOW).outcome.is_ok());
+        // The two old keys are the ones without a locator (what the
+        // `scopegate_keys_without_locator` gauge reports).
+        assert_eq!(ks.snapshot().keys.placed_by_digest(), 2);
         ks.revoke_key(ACTOR, &old_b.meta.id, NOW).unwrap();
         assert_eq!(
             ks.check(Some(&old_b.secret), read, NOW)
