@@ -7,18 +7,22 @@
 //! # Layout
 //! - [`model`]: organisations, users, roles, access levels, key records, and
 //!   the canonical form of domain names.
-//! - [`secret`]: the issued key format (prefix, randomness, checksum) and the
-//!   keyed BLAKE3 digest — the only form in which a key is stored.
+//! - [`secret`]: the issued key format (prefix, randomness, checksum), the
+//!   keyed BLAKE3 digest and the keyed SipHash locator — a key is stored only
+//!   as these two keyed hashes.
 //! - [`snapshot`]: one immutable version of the access data and the decision
 //!   itself: effective level = min(key scope, creator's level now).
-//! - [`digest_map`]: the key table — open addressing on the digest's own
-//!   bytes, one memory access per lookup, 1024 copy-on-write shards so a
-//!   one-key change at a million keys costs microseconds, not a table copy;
+//! - [`digest_map`]: the key table — open addressing at the key's locator,
+//!   one cache line per lookup, prefetched while the digest is computed, 1024
+//!   copy-on-write shards so a one-key change at a million keys costs
+//!   microseconds, not a table copy;
 //!   [`shardmap`]: the same sharding over hashbrown for users and orgs.
 //! - [`store`]: the durable store trait and its change vocabulary;
 //!   [`sqlite`]: the embedded SQLite implementation.
 //! - [`engine`]: [`KeyStore`], the lock-free reader side and the single writer
 //!   that validates, commits durably, then publishes.
+// One `unsafe` block in the crate, allowed where it stands: the prefetch hint
+// in `digest_map`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
