@@ -3,12 +3,14 @@
 //! An issued secret looks like `sg_` + 32 base62 characters (190 bits from the
 //! OS generator) + 6 base62 characters of CRC-32 over everything before them.
 //! The checksum lets the gateway refuse a mistyped, truncated or random
-//! string before any hashing or lookup. Secrets of other formats (imported
-//! from an existing key base) are looked up by digest like any other.
+//! string before the digest or any lookup. Secrets of other formats
+//! (imported from an existing key base) are looked up like any other.
 //!
-//! Only the digest `keyed BLAKE3(pepper, secret)` is ever stored; the pepper
-//! lives outside the store, so a stolen database file alone cannot be used to
-//! test guesses.
+//! Only two keyed hashes of a secret are ever stored: the digest
+//! `keyed BLAKE3(pepper, secret)`, which proves a key, and the [`Locator`], a
+//! keyed SipHash-1-3 that says where its entry sits in the key table (its key
+//! also derived from the pepper). The pepper lives outside the store, so a
+//! stolen database file alone cannot be used to test guesses.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
