@@ -65,9 +65,7 @@ fn db(e: rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the store file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))?;
-        Self::init(conn)
+        Self::init(Self::connect(path)?)
     }
 
     /// Like [`SqliteStore::open`], but refuses a store recorded with another
@@ -75,25 +73,34 @@ impl SqliteStore {
     /// the schema of a store it cannot read (which would also lock out the
     /// older scopegate it belongs to).
     pub fn open_with_pepper(path: &Path, fingerprint: &str) -> Result<SqliteStore, StoreError> {
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))?;
-        let mut store = Self::configure(conn)?;
-        if store.schema_version()? >= 1 {
-            let stored: Option<String> = store
-                .conn
-                .query_row(
-                    "SELECT value FROM meta WHERE name = 'pepper_fingerprint'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db)?;
-            if stored.is_some_and(|s| s != fingerprint) {
-                return Err(StoreError::WrongPepper);
-            }
+        let mut store = Self::configure(Self::connect(path)?)?;
+        // Schema 1 created the table the fingerprint lives in.
+        if store.schema_version()? >= 1
+            && store
+                .stored_fingerprint()?
+                .is_some_and(|s| s != fingerprint)
+        {
+            return Err(StoreError::WrongPepper);
         }
         store.migrate()?;
         Ok(store)
+    }
+
+    fn connect(path: &Path) -> Result<Connection, StoreError> {
+        Connection::open(path)
+            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))
+    }
+
+    /// The pepper fingerprint recorded in the store, if any.
+    fn stored_fingerprint(&self) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'pepper_fingerprint'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
     }
 
     /// A store that lives in memory only: for tests and `check` dry runs.
@@ -247,16 +254,7 @@ fn revoke_user_keys(
 
 impl Store for SqliteStore {
     fn check_pepper(&mut self, fingerprint: &str) -> Result<(), StoreError> {
-        let stored: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE name = 'pepper_fingerprint'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        match stored {
+        match self.stored_fingerprint()? {
             Some(s) if s == fingerprint => Ok(()),
             Some(_) => Err(StoreError::WrongPepper),
             None => {
