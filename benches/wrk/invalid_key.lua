@@ -5,6 +5,9 @@
 --
 --   wrk -t2 -c64 -d15s --latency -s invalid_key.lua http://127.0.0.1:8080/
 
+-- common.lua sits beside this script.
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "") .. "common.lua")
+
 local DOMAINS = {
    "example.com", "staging.example.com", "client-a.com", "client-b.com",
    "mail.client-b.com", "news.example.com", "eu.example.com", "us.example.com",
@@ -13,12 +16,8 @@ local BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 local POOL = 20000
 local keys, n = {}, 0
 local headers = {}
-local counter = 0
 
-function setup(thread)
-   thread:set("id", counter)
-   counter = counter + 1
-end
+setup = common.setup
 
 local function random_chars(len)
    local t = {}
@@ -30,7 +29,7 @@ local function random_chars(len)
 end
 
 function init(args)
-   math.randomseed(os.time() * 7919 + (id or 0) * 104729)
+   common.seed()
    for i = 1, POOL do
       n = n + 1
       keys[n] = "sg_" .. random_chars(38)
