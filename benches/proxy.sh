@@ -193,21 +193,34 @@ to_ms() {
         else printf "%s", v }'
 }
 
+# wrk_run SCRIPT URL SECS: wrk's report of a run, with latency percentiles.
+# With SECS=warm-up, a run of WARMUP seconds whose report is dropped.
+wrk_run() {
+    if [[ $3 == warm-up ]]; then
+        wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${WARMUP}s" -s "$1" "$2" >/dev/null
+    else
+        wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${3}s" --latency -s "$1" "$2"
+    fi
+}
+
+# From a wrk report: requests/s, total requests, a latency percentile in ms.
+wrk_rps() { echo "$1" | awk '/^Requests\/sec:/ {printf "%.0f", $2}'; }
+wrk_total() { echo "$1" | awk '/requests in/ {print $1}'; }
+wrk_ms() { to_ms "$(echo "$1" | awk -v p="$2" '$1 == p {print $2}')"; }
+
 # bench NAME PORT SCRIPT PATH: a warm-up, then the measured wrk run; the
 # CPU time the proxy (PROXY_PIDS) and the upstream used during it.
 bench() {
     local name=$1 port=$2 script=$3 path=$4 out p0 u0 p1 u1 total
     log "$name"
-    wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${WARMUP}s" -s "$script" \
-        "http://127.0.0.1:$port$path" >/dev/null
+    wrk_run "$script" "http://127.0.0.1:$port$path" warm-up
     p0=$(cpu_ticks "${PROXY_PIDS[@]}")
     u0=$(cpu_ticks "$UP_PID")
-    out=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${DURATION}s" --latency -s "$script" \
-        "http://127.0.0.1:$port$path")
+    out=$(wrk_run "$script" "http://127.0.0.1:$port$path" "$DURATION")
     p1=$(cpu_ticks "${PROXY_PIDS[@]}")
     u1=$(cpu_ticks "$UP_PID")
     echo "$out" | sed 's/^/    /' >&2
-    total=$(echo "$out" | awk '/requests in/ {print $1}')
+    total=$(wrk_total "$out")
     if [[ ${#PROXY_PIDS[@]} -gt 0 ]]; then
         PROXY_CPU+=("$(us_per_request $((p1 - p0)) "$total")")
     else
@@ -215,9 +228,9 @@ bench() {
     fi
     UP_CPU+=("$(us_per_request $((u1 - u0)) "$total")")
     NAMES+=("$name")
-    RPS+=("$(echo "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')")
-    P50+=("$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")")
-    P99+=("$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")")
+    RPS+=("$(wrk_rps "$out")")
+    P50+=("$(wrk_ms "$out" 50%)")
+    P99+=("$(wrk_ms "$out" 99%)")
     TOTAL+=("$total")
     NON2XX+=("$(echo "$out" | awk '/Non-2xx or 3xx responses:/ {print $NF}' | grep . || echo 0)")
     ERRS+=("$(echo "$out" | awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' | grep . || echo 0)")
@@ -346,16 +359,13 @@ if [[ $AB_ROUNDS -gt 0 ]]; then
     AB_LINES=()
     # ab_run MODE PID PORT: one wrk run; appends "MODE rps cpu_us p99_ms" to AB_LINES.
     ab_run() {
-        local mode=$1 pid=$2 port=$3 out c0 c1 n
-        wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${WARMUP}s" -s "$WRK_DIR/random_key.lua" \
-            "http://127.0.0.1:$port/" >/dev/null
+        local mode=$1 pid=$2 port=$3 out c0 c1
+        wrk_run "$WRK_DIR/random_key.lua" "http://127.0.0.1:$port/" warm-up
         c0=$(cpu_ticks "$pid")
-        out=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${AB_SECS}s" --latency \
-            -s "$WRK_DIR/random_key.lua" "http://127.0.0.1:$port/")
+        out=$(wrk_run "$WRK_DIR/random_key.lua" "http://127.0.0.1:$port/" "$AB_SECS")
         c1=$(cpu_ticks "$pid")
-        n=$(echo "$out" | awk '/requests in/ {print $1}')
         echo "$out" | grep -q "Non-2xx" && die "A/B $mode: non-2xx answers"
-        AB_LINES+=("$mode $(echo "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}') $(us_per_request $((c1 - c0)) "$n") $(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")")
+        AB_LINES+=("$mode $(wrk_rps "$out") $(us_per_request $((c1 - c0)) "$(wrk_total "$out")") $(wrk_ms "$out" 99%)")
         log "A/B $mode: ${AB_LINES[-1]}"
     }
     for ((r = 1; r <= AB_ROUNDS; r++)); do
