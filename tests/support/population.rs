@@ -3,17 +3,9 @@
 
 use scopegate_keystore::{Access, DomainInput, KeyStore, NewKey, Role, UserInput};
 
-/// Domains of the synthetic organisation `bench`.
-pub const DOMAINS: [&str; 8] = [
-    "example.com",
-    "staging.example.com",
-    "client-a.com",
-    "client-b.com",
-    "mail.client-b.com",
-    "news.example.com",
-    "eu.example.com",
-    "us.example.com",
-];
+/// Domains of the synthetic organisation `bench`: the ones `scopegate
+/// loadtest` populates with, so the wrk scripts' domains fit both.
+pub use scopegate_gateway::loadtest::DOMAINS;
 
 /// Users: one owner, one admin, the rest members with read_write on two
 /// domains and read on one.
