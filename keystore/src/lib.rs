@@ -43,7 +43,8 @@ pub use engine::{
     NewKey, UserInput,
 };
 pub use model::{
-    canonical_domain, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role, Status, UserRecord,
+    canonical_domain, canonical_domain_cow, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role,
+    Status, UserRecord,
 };
 pub use secret::{Digest, Hashed, Locator, Pepper};
 pub use shardmap::ShardMap;

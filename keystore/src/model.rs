@@ -284,6 +284,13 @@ pub struct InvalidDomain {
 /// Paths, `From` addresses and admin input all go through this, so the same
 /// domain always compares equal however it was written.
 pub fn canonical_domain(input: &str) -> Result<String, InvalidDomain> {
+    canonical_domain_cow(input).map(std::borrow::Cow::into_owned)
+}
+
+/// [`canonical_domain`], borrowing the input when it is already canonical
+/// (the common case on the request path: no allocation).
+pub fn canonical_domain_cow(input: &str) -> Result<std::borrow::Cow<'_, str>, InvalidDomain> {
+    use std::borrow::Cow;
     let fail = |reason| InvalidDomain {
         input: input.chars().take(100).collect(),
         reason,
@@ -292,15 +299,17 @@ pub fn canonical_domain(input: &str) -> Result<String, InvalidDomain> {
     if trimmed.is_empty() {
         return Err(fail("empty"));
     }
-    let ascii = if trimmed.is_ascii() {
+    let ascii: Cow<'_, str> = if trimmed.is_ascii() {
         if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
-            trimmed.to_ascii_lowercase()
+            Cow::Owned(trimmed.to_ascii_lowercase())
         } else {
-            trimmed.to_owned()
+            Cow::Borrowed(trimmed)
         }
     } else {
-        idna::domain_to_ascii_strict(trimmed)
-            .map_err(|_| fail("not a valid internationalised name"))?
+        Cow::Owned(
+            idna::domain_to_ascii_strict(trimmed)
+                .map_err(|_| fail("not a valid internationalised name"))?,
+        )
     };
     if ascii.len() > 253 {
         return Err(fail("longer than 253 bytes"));

@@ -227,7 +227,14 @@ pub fn generate_id() -> String {
 
 /// The text form of a key id (`key_` + 16 hex digits).
 pub fn format_id(id: u64) -> String {
-    format!("key_{id:016x}")
+    let mut s = String::with_capacity(20);
+    write_id(&mut s, id).expect("writing to a String cannot fail");
+    s
+}
+
+/// [`format_id`], written into `out`.
+pub fn write_id(out: &mut impl fmt::Write, id: u64) -> fmt::Result {
+    write!(out, "key_{id:016x}")
 }
 
 /// The number inside a key id, which is how the snapshot keeps it (8 bytes
