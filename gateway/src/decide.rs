@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -21,7 +22,7 @@ use crate::keys::{self, Presented};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::{content_length, Ctx};
 use crate::respond::Reply;
-use crate::routing::{Identity, Routing};
+use crate::routing::Routing;
 use crate::State;
 
 /// What `request_filter` should do.
@@ -57,19 +58,37 @@ fn refuse_scope(r: Refusal) -> Verdict {
     }
 }
 
-/// Sets the identity headers the upstream receives for an admitted key.
-fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64, ids: &Identity) {
-    let key_id = p.key.id_string();
-    let [n_key, n_org, n_user, n_role, n_scope, n_version] = &ids.names;
-    ctx.identity = vec![
-        (n_key.clone(), key_id.clone()),
-        (n_org.clone(), p.user.org.to_string()),
-        (n_user.clone(), p.user.id.to_string()),
-        (n_role.clone(), p.role().as_str().to_string()),
-        (n_scope.clone(), p.scope_header()),
-        (n_version.clone(), version.to_string()),
-    ];
-    ctx.key_id = Some(key_id);
+/// Sets the identity header values the upstream receives for an admitted
+/// key, in the order of [`crate::routing::Identity::names`]. The values are
+/// written into one buffer and share it (one allocation, and cloning them
+/// for the upstream request is a reference count); the role is static.
+fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64) {
+    use std::fmt::Write as _;
+    let (org, user) = (&*p.user.org, &*p.user.id);
+    let mut buf = BytesMut::with_capacity(96 + org.len() + user.len());
+    let value = |buf: &mut BytesMut| HeaderValue::from_maybe_shared(buf.split().freeze());
+    let values = (|| {
+        let _ = scopegate_keystore::secret::write_id(&mut buf, p.key.id);
+        let key = value(&mut buf)?;
+        buf.extend_from_slice(org.as_bytes());
+        let org = value(&mut buf)?;
+        buf.extend_from_slice(user.as_bytes());
+        let user = value(&mut buf)?;
+        let _ = p.write_scope_header(&mut buf);
+        let scope = value(&mut buf)?;
+        let _ = write!(buf, "{version}");
+        let version = value(&mut buf)?;
+        Ok([
+            key,
+            org,
+            user,
+            HeaderValue::from_static(p.role().as_str()),
+            scope,
+            version,
+        ])
+    })();
+    ctx.identity = Some(values);
+    ctx.key_id = Some(p.key.id);
     ctx.org = Some(p.user.org.clone());
     ctx.outcome = Some(Outcome::Admitted);
 }
@@ -78,11 +97,13 @@ fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64, ids: &Identity) {
 /// platform's numeric id, anything else a name in canonical form. `None`
 /// when the segment cannot be a domain at all (answered like any unknown
 /// domain: 404).
-fn domain_ref(segment: &str) -> Option<Result<u64, String>> {
+fn domain_ref(segment: &str) -> Option<Result<u64, std::borrow::Cow<'_, str>>> {
     if !segment.is_empty() && segment.len() <= 19 && segment.bytes().all(|b| b.is_ascii_digit()) {
         return segment.parse().ok().map(Ok);
     }
-    scopegate_keystore::canonical_domain(segment).ok().map(Err)
+    scopegate_keystore::canonical_domain_cow(segment)
+        .ok()
+        .map(Err)
 }
 
 /// The part of the decision made from the request header alone.
@@ -160,7 +181,7 @@ pub fn decide_head(
         return Head::Forward;
     }
 
-    let secret = match keys::find(&req.headers, req.uri.query(), &config.keys) {
+    let secret = match keys::find(&req.headers, req.uri.query(), &routing.key_headers) {
         Presented::Missing => return refuse_key(metrics, Refusal::MissingKey).into(),
         Presented::Conflicting => {
             return Head::Refuse(
@@ -174,7 +195,6 @@ pub fn decide_head(
         }
         Presented::One(s) => s,
     };
-    let ids = &routing.identity;
     // The key check proper, timed whatever its outcome.
     let started = Instant::now();
     let checked: std::result::Result<Hashed, Verdict> = (|| {
@@ -182,8 +202,10 @@ pub fn decide_head(
         let key: Hashed = keystore
             .present(&snap, secret)
             .map_err(|r| refuse_key(metrics, r))?;
+        // The request's arrival time (no second clock read).
+        let now = ctx.ts_ms.div_euclid(1000);
         let principal = snap
-            .authenticate(&key, scopegate_keystore::time::now())
+            .authenticate(&key, now)
             .map_err(|r| refuse_key(metrics, r))?;
         let allowed = match &route.target {
             RouteTarget::Key => principal.authorize(Target::AnyKey),
@@ -202,7 +224,7 @@ pub fn decide_head(
                         let r = principal.authorize(Target::Domain(DomainRef::Name(&name), need));
                         // The upstream gets the name in the form that was checked.
                         if name != segments[i] {
-                            renamed = Some((i, name));
+                            renamed = Some((i, name.into_owned()));
                         }
                         r
                     }
@@ -215,7 +237,7 @@ pub fn decide_head(
         };
         allowed.map_err(refuse_scope)?;
         if !matches!(route.target, RouteTarget::Sender(_)) {
-            admit(ctx, &principal, snap.version, ids);
+            admit(ctx, &principal, snap.version);
         }
         Ok(key)
     })();
@@ -267,15 +289,7 @@ pub async fn decide(
         Ok(b) => b,
         Err(v) => return Ok(v),
     };
-    if let Err(v) = check_senders(
-        &state.keystore,
-        &state.metrics,
-        ctx,
-        &key,
-        &body,
-        &spec,
-        &routing.identity,
-    ) {
+    if let Err(v) = check_senders(&state.keystore, &state.metrics, ctx, &key, &body, &spec) {
         return Ok(v);
     }
     if body.len() <= REPLAY_LIMIT {
@@ -290,23 +304,20 @@ pub async fn decide(
 /// with Content-Length, a transfer coding other than plain `chunked`, or
 /// several Content-Length headers.
 fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
-    let te: Vec<&http::HeaderValue> = req
-        .headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .collect();
+    let te = req.headers.get_all(http::header::TRANSFER_ENCODING);
+    let te_count = te.iter().count();
     let cl = req
         .headers
         .get_all(http::header::CONTENT_LENGTH)
         .iter()
         .count();
-    if !te.is_empty() && cl > 0 {
+    if te_count > 0 && cl > 0 {
         return Some("Transfer-Encoding and Content-Length together");
     }
     if cl > 1 {
         return Some("more than one Content-Length");
     }
-    if te.len() > 1
+    if te_count > 1
         || te
             .iter()
             .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
@@ -444,7 +455,6 @@ pub fn check_senders(
     key: &Hashed,
     body: &[u8],
     spec: &SenderSpec,
-    ids: &Identity,
 ) -> std::result::Result<(), Verdict> {
     let domains = crate::sender::sender_domains(body, spec).map_err(|e| {
         let reply = if e.status() == 400 {
@@ -481,6 +491,6 @@ pub fn check_senders(
             ));
         }
     }
-    admit(ctx, &principal, snap.version, ids);
+    admit(ctx, &principal, snap.version);
     Ok(())
 }

@@ -5,8 +5,42 @@
 //! Two *different* keys in one request are refused (400) rather than picking
 //! one: the gateway and the upstream might otherwise pick differently.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use scopegate_config::KeySources;
+
+/// The configured key sources with their header names parsed once per
+/// configuration: a lookup by a parsed name skips parsing (and, for custom
+/// names, copying) the name on every request.
+#[derive(Debug, Clone)]
+pub struct KeyHeaders {
+    headers: Vec<(HeaderName, Option<String>)>,
+    query_param: Option<String>,
+}
+
+impl KeyHeaders {
+    /// Parses the configured names. The config's validation already insists
+    /// on RFC 9110 tokens, which are valid header names.
+    pub fn new(sources: &KeySources) -> Result<KeyHeaders, String> {
+        let headers = sources
+            .headers
+            .iter()
+            .map(|h| {
+                HeaderName::from_bytes(h.name.as_bytes())
+                    .map(|n| (n, h.scheme.clone()))
+                    .map_err(|_| format!("{:?} is not a valid HTTP header name", h.name))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(KeyHeaders {
+            headers,
+            query_param: sources.query_param.clone(),
+        })
+    }
+
+    /// The header names a key may arrive in.
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.headers.iter().map(|(n, _)| n)
+    }
+}
 
 /// What the request presented.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,7 +57,7 @@ pub enum Presented<'a> {
 pub fn find<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
-    sources: &KeySources,
+    sources: &KeyHeaders,
 ) -> Presented<'a> {
     let mut found: Option<&'a str> = None;
     let mut conflict = false;
@@ -32,11 +66,11 @@ pub fn find<'a>(
         Some(f) if f == v => {}
         Some(_) => conflict = true,
     };
-    for h in &sources.headers {
-        for value in headers.get_all(h.name.as_str()) {
+    for (name, scheme) in &sources.headers {
+        for value in headers.get_all(name) {
             // A value that is not text cannot be a key, but it was presented.
             let v = value.to_str().unwrap_or("\u{0}").trim();
-            match &h.scheme {
+            match scheme {
                 Some(scheme) => {
                     let Some((s, token)) = v.split_once(' ') else {
                         // "Bearer" alone: a key header with no key in it.
@@ -93,8 +127,8 @@ mod tests {
         h
     }
 
-    fn sources() -> KeySources {
-        Config::default().keys
+    fn sources() -> KeyHeaders {
+        KeyHeaders::new(&Config::default().keys).unwrap()
     }
 
     #[test]
@@ -159,7 +193,11 @@ mod tests {
             find(&headers(&[]), Some("api_key=a"), &s),
             Presented::Missing
         );
-        s.query_param = Some("api_key".into());
+        s = KeyHeaders::new(&scopegate_config::KeySources {
+            query_param: Some("api_key".into()),
+            ..Config::default().keys
+        })
+        .unwrap();
         assert_eq!(
             find(&headers(&[]), Some("x=1&api_key=a"), &s),
             Presented::One("a")

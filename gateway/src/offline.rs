@@ -93,15 +93,9 @@ pub fn decide(
                     Some("content_length"),
                 ));
             }
-            if let Err(Verdict::Refuse(r, o, why)) = check_senders(
-                keystore,
-                &metrics,
-                &mut ctx,
-                &key,
-                body,
-                &spec,
-                &routing.identity,
-            ) {
+            if let Err(Verdict::Refuse(r, o, why)) =
+                check_senders(keystore, &metrics, &mut ctx, &key, body, &spec)
+            {
                 return Ok(refused(r, o, why));
             }
         }
@@ -117,10 +111,21 @@ pub fn decide(
                 ctx.upstream_uri.clone().unwrap_or_else(|| path.to_string()),
             )
         }),
-        identity: ctx
-            .identity
-            .iter()
-            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
-            .collect(),
+        identity: match &ctx.identity {
+            Some(Ok(values)) => routing
+                .identity
+                .names
+                .iter()
+                .zip(values)
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            Some(Err(e)) => anyhow::bail!("an identity header value is invalid: {e}"),
+            None => Vec::new(),
+        },
     })
 }

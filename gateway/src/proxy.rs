@@ -38,12 +38,16 @@ pub struct Ctx {
     pub reason: Option<&'static str>,
     /// Status we answered ourselves, if any.
     pub status: u16,
-    /// Public id of the key, once recognised.
-    pub key_id: Option<String>,
+    /// Public id of the key, once recognised (as a number: formatted only
+    /// for a log line).
+    pub key_id: Option<u64>,
     /// Organisation of the key.
     pub org: Option<std::sync::Arc<str>>,
-    /// Identity headers to add upstream (names from [`crate::routing::Identity`], values).
-    pub identity: Vec<(bytes::Bytes, String)>,
+    /// Identity header values to add upstream, in the order of the names in
+    /// [`crate::routing::Identity`]; an `Err` when a value cannot be a header
+    /// value (the request then fails rather than reach the upstream without it).
+    pub identity:
+        Option<std::result::Result<[http::HeaderValue; 6], http::header::InvalidHeaderValue>>,
     /// The path and query the upstream receives: the canonical form checked.
     pub upstream_uri: Option<String>,
     /// Request body bytes read while inspecting it.
@@ -73,7 +77,7 @@ impl Ctx {
             status: 0,
             key_id: None,
             org: None,
-            identity: Vec::new(),
+            identity: None,
             upstream_uri: None,
             bytes_in: 0,
             upstream_sent: None,
@@ -332,7 +336,7 @@ impl ProxyHttp for Proxy {
             status,
             decision: outcome.as_str(),
             reason: ctx.reason,
-            key_id: ctx.key_id.take(),
+            key_id: ctx.key_id.take().map(scopegate_keystore::secret::format_id),
             org: ctx.org.take().map(|o| o.to_string()),
             upstream: ctx.group.as_ref().map(|g| g.name.clone()),
             bytes_in: ctx.bytes_in.max(session.body_bytes_read()),

@@ -48,24 +48,25 @@ pub struct RouteEntry {
 /// no request formats them.
 pub struct Identity {
     /// `…Key-Id`, `…Org`, `…User`, `…Role`, `…Scope`, `…Version` with the
-    /// configured prefix, in the configured case.
+    /// configured prefix, in the configured case (for display).
     pub names: [bytes::Bytes; 6],
+    /// The same names parsed, as the upstream request carries them (header
+    /// names are case-insensitive; HTTP/1 writes these in lowercase).
+    pub header_names: [http::HeaderName; 6],
     /// The prefix in lowercase, for stripping incoming headers.
     pub prefix_lower: String,
 }
 
 impl Identity {
     fn new(prefix: &str) -> Identity {
-        let name = |s: &str| bytes::Bytes::from(format!("{prefix}{s}"));
+        let names = ["Key-Id", "Org", "User", "Role", "Scope", "Version"]
+            .map(|s| bytes::Bytes::from(format!("{prefix}{s}")));
         Identity {
-            names: [
-                name("Key-Id"),
-                name("Org"),
-                name("User"),
-                name("Role"),
-                name("Scope"),
-                name("Version"),
-            ],
+            // The config validates the prefix as a header-name token.
+            header_names: names.clone().map(|n| {
+                http::HeaderName::from_bytes(&n).expect("the identity prefix is a valid token")
+            }),
+            names,
             prefix_lower: prefix.to_ascii_lowercase(),
         }
     }
@@ -83,6 +84,8 @@ pub struct Routing {
     pub unmatched: RouteMetrics,
     /// Identity header names.
     pub identity: Identity,
+    /// Where keys are read from, with the header names parsed.
+    pub key_headers: crate::keys::KeyHeaders,
 }
 
 /// A route that matched, with the captured `{domain}` segment.
@@ -139,6 +142,8 @@ impl Routing {
             });
         }
         Ok(Routing {
+            key_headers: crate::keys::KeyHeaders::new(&config.keys)
+                .map_err(|e| format!("keys.headers: {e}"))?,
             unmatched: metrics.route("unmatched"),
             identity: Identity::new(&config.keys.identity_prefix),
             config: Arc::new(config),
