@@ -5,7 +5,10 @@
 #
 # On 127.0.0.1, free ports, the same wrk settings (-t2 -c64 --latency) and the
 # same duration for each scenario:
-#   1. the upstream directly (the ceiling): `scopegate mock-upstream --quiet`
+#   1. the upstream directly (the ceiling): `scopegate mock-upstream --quiet
+#      --fixed-response`, which answers every request with the same small body,
+#      so the upstream does the same work behind every proxy (its default echo
+#      grows with the identity headers an enforcing gateway adds)
 #   2. nginx proxy_pass to that upstream, upstream keepalive on
 #   3. scopegate --bench-passthrough domains (plain Pingora, no check, same build)
 #   4. scopegate enforcing, 1M keys, a random key per request, GET /domains/{domain} in scope
@@ -37,7 +40,7 @@ AB_ROUNDS=4
 AB_SECS=8
 
 usage() {
-    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -241,7 +244,7 @@ WRK_DIR=$ROOT/benches/wrk
 
 # ---------------------------------------------------------------- upstream
 free_port UP
-"$BIN" mock-upstream --listen "127.0.0.1:$UP" --name upstream --quiet >"$TMP/mock.log" 2>&1 &
+"$BIN" mock-upstream --listen "127.0.0.1:$UP" --name upstream --quiet --fixed-response >"$TMP/mock.log" 2>&1 &
 UP_PID=$!
 PIDS+=("$UP_PID")
 wait_port "$UP" "$UP_PID" "$TMP/mock.log" 10
@@ -418,7 +421,7 @@ REPORT=$(
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); scopegate $REV$DIRTY"
     echo "- machine: $(nproc) CPUs, ${CPU:-unknown CPU}; $(uname -sr)"
     echo "- load: wrk $WRK_THREADS threads, $WRK_CONNECTIONS connections, ${DURATION}s per scenario after a ${WARMUP}s warm-up, --latency; all on 127.0.0.1"
-    echo "- workers: nginx worker_processes $THREADS, scopegate --threads $THREADS (the same for both); upstream: scopegate mock-upstream (hyper, 2 tokio workers), answering directly at the rate of row 1"
+    echo "- workers: nginx worker_processes $THREADS, scopegate --threads $THREADS (the same for both); upstream: scopegate mock-upstream --fixed-response (hyper, 2 tokio workers; the same small answer to every request), answering directly at the rate of row 1"
     echo "- scenarios 1-4 use the same wrk script (a random key of $KEY_COUNT per request, GET /domains/{domain} in scope), so the client does the same work in each"
     echo "- with $(nproc) cores, wrk, the proxy and the upstream all compete for the same CPUs: requests/s are for comparing rows, not absolute capacity; the CPU columns are per request and do not depend on that sharing"
     echo

@@ -135,6 +135,10 @@ pub struct MockArgs {
     /// Print nothing per request (for load runs).
     #[arg(long)]
     pub quiet: bool,
+    /// Answer every request with the same small body instead of echoing it
+    /// (for benchmarks: the same upstream work whatever the gateway in front adds).
+    #[arg(long)]
+    pub fixed_response: bool,
 }
 
 /// Sets up process logs: info for scopegate, warnings for Pingora, unless
@@ -214,7 +218,7 @@ pub fn main() -> i32 {
         Command::Check(a) => check(a),
         Command::Admin(a) => crate::admin_cli::run(a),
         Command::Loadtest(a) => crate::loadtest::run(a),
-        Command::MockUpstream(a) => crate::mock::run_standalone(&a.name, a.listen, a.quiet)
+        Command::MockUpstream(a) => crate::mock::run_standalone(&a.name, a.listen, a.quiet, a.fixed_response)
             .map(|()| 0)
             .map_err(Into::into),
     };

@@ -103,6 +103,11 @@ pub enum Behavior {
     Delay(Duration),
     /// Read and record the whole request, then drop the connection without answering.
     CloseWithoutResponse,
+    /// Answer 200 (201 for POST) with the same small JSON body whatever was
+    /// received: for benchmarks, so that the upstream does the same work
+    /// for every client in front of it (the echo of `Normal` grows with the
+    /// identity headers an enforcing gateway adds).
+    Fixed,
 }
 
 /// State shared between the handle and the server tasks.
@@ -268,10 +273,13 @@ impl Drop for MockUpstream {
 ///
 /// Once the listener is bound and the signal handlers are installed it prints
 /// `[mock NAME] listening on ADDR` to stdout, which a parent can wait for.
-pub fn run_standalone(name: &str, addr: SocketAddr, quiet: bool) -> io::Result<()> {
+pub fn run_standalone(name: &str, addr: SocketAddr, quiet: bool, fixed: bool) -> io::Result<()> {
     let mock = MockUpstream::spawn_on(name, addr)?;
     mock.set_printing(!quiet);
     mock.set_recording(false);
+    if fixed {
+        mock.set_behavior(Behavior::Fixed);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -434,6 +442,19 @@ async fn handle(
         }
     }
 
+    if !recording && *lock(&shared.behavior) == Behavior::Fixed {
+        shared.count.fetch_add(1, Ordering::SeqCst);
+        let status = if parts.method == Method::POST {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok(json_response(
+            status,
+            serde_json::json!({"upstream": shared.name, "ok": true}),
+        ));
+    }
+
     let method = parts.method.as_str().to_owned();
     let target = parts.uri.to_string();
     let key_id = header_string(&parts.headers, "x-scopegate-key-id");
@@ -503,6 +524,8 @@ async fn handle(
         Behavior::CloseWithoutResponse => {
             return Err("mock behavior: close without response".into());
         }
+        // Recording: answered like `Normal`, so what was recorded is echoed.
+        Behavior::Fixed => {}
     }
 
     let path = parts.uri.path();

@@ -331,3 +331,36 @@ fn stop_does_not_wait_for_a_long_delay() {
     assert!(matches!(conn.read(), Ok(None) | Err(_)));
     assert!(TcpStream::connect(addr).is_err());
 }
+
+#[test]
+fn fixed_behavior_answers_the_same_whatever_was_sent() {
+    let mock = MockUpstream::spawn("bench").unwrap();
+    mock.set_recording(false);
+    mock.set_behavior(Behavior::Fixed);
+    let mut c = connect(&mock);
+    let mut bodies = Vec::new();
+    for (method, headers) in [
+        ("GET", vec![]),
+        (
+            "GET",
+            vec![
+                ("X-Scopegate-Key-Id", "key_00000000000000ff"),
+                ("X-Scopegate-Scope", "example.com=read_write"),
+            ],
+        ),
+    ] {
+        c.send(method, "/domains/example.com", &headers, b"");
+        let r = c.read().unwrap().expect("a response");
+        assert_eq!(r.status, 200);
+        bodies.push(r.body);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&bodies[0]).unwrap()["ok"], true);
+    c.send("POST", "/email", &[], b"{}");
+    assert_eq!(c.read().unwrap().expect("a response").status, 201);
+    assert_eq!(mock.count(), 3);
+    // While recording, it echoes what it recorded, like Normal.
+    mock.set_recording(true);
+    c.send("GET", "/domains/example.com", &[("X-Scopegate-Org", "acme")], b"");
+    assert_eq!(c.read().unwrap().expect("a response").json()["org"], "acme");
+}
