@@ -140,6 +140,10 @@ pub struct KeyEntry {
     /// The creating user's slot in [`Snapshot::users`] (`u32::MAX`: a user
     /// that no longer exists).
     pub user_slot: u32,
+    /// The organisation's slot in [`Snapshot::orgs`]: the creator's, which
+    /// never changes for a key. Kept here so a check fetches the creator
+    /// and the organisation at the same time instead of one after the other.
+    pub org_slot: u32,
     /// The declared domains (interned) and levels.
     pub domains: KeyDomains,
     /// Unix seconds (u32 keeps an entry and its digest in one cache line);
@@ -156,6 +160,7 @@ impl Default for KeyEntry {
         KeyEntry {
             id: 0,
             user_slot: u32::MAX,
+            org_slot: u32::MAX,
             domains: KeyDomains::Many(Arc::from([])),
             expires_at: 0,
             revoked: true,
@@ -348,17 +353,13 @@ impl Snapshot {
         if i64::from(key.expires_at) <= now {
             return Err(Refusal::ExpiredKey);
         }
-        let user = self
-            .users
-            .get(key.user_slot)
-            .and_then(Option::as_deref)
-            .filter(|u| u.status == Status::Active)
+        // Independent loads: the creator and the organisation arrive together.
+        let user = self.users.get(key.user_slot).and_then(Option::as_deref);
+        let org = self.orgs.get(key.org_slot).and_then(Option::as_deref);
+        let user = user
+            .filter(|u| u.status == Status::Active && u.org_slot == key.org_slot)
             .ok_or(Refusal::CreatorInactive)?;
-        let org = self
-            .orgs
-            .get(user.org_slot)
-            .and_then(Option::as_deref)
-            .ok_or(Refusal::CreatorInactive)?;
+        let org = org.ok_or(Refusal::CreatorInactive)?;
         Ok(Principal { key, user, org })
     }
 
@@ -550,10 +551,16 @@ pub(crate) fn user_entry(u: &UserRecord, org_slot: u32, intern: &mut Interner) -
 
 /// Builds the enforcement entry for a key record; `None` when its id is not
 /// one scopegate issued.
-pub(crate) fn key_entry(k: &KeyRecord, user_slot: u32, intern: &mut Interner) -> Option<KeyEntry> {
+pub(crate) fn key_entry(
+    k: &KeyRecord,
+    user_slot: u32,
+    org_slot: u32,
+    intern: &mut Interner,
+) -> Option<KeyEntry> {
     Some(KeyEntry {
         id: crate::secret::parse_id(&k.id)?,
         user_slot,
+        org_slot,
         domains: match &k.scope {
             KeyScope::OrgWide => KeyDomains::All,
             KeyScope::Domains(d) if d.len() == 1 => {
