@@ -218,9 +218,11 @@ pub fn main() -> i32 {
         Command::Check(a) => check(a),
         Command::Admin(a) => crate::admin_cli::run(a),
         Command::Loadtest(a) => crate::loadtest::run(a),
-        Command::MockUpstream(a) => crate::mock::run_standalone(&a.name, a.listen, a.quiet, a.fixed_response)
-            .map(|()| 0)
-            .map_err(Into::into),
+        Command::MockUpstream(a) => {
+            crate::mock::run_standalone(&a.name, a.listen, a.quiet, a.fixed_response)
+                .map(|()| 0)
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(code) => code,

@@ -355,12 +355,20 @@ fn fixed_behavior_answers_the_same_whatever_was_sent() {
         bodies.push(r.body);
     }
     assert_eq!(bodies[0], bodies[1]);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&bodies[0]).unwrap()["ok"], true);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&bodies[0]).unwrap()["ok"],
+        true
+    );
     c.send("POST", "/email", &[], b"{}");
     assert_eq!(c.read().unwrap().expect("a response").status, 201);
     assert_eq!(mock.count(), 3);
     // While recording, it echoes what it recorded, like Normal.
     mock.set_recording(true);
-    c.send("GET", "/domains/example.com", &[("X-Scopegate-Org", "acme")], b"");
+    c.send(
+        "GET",
+        "/domains/example.com",
+        &[("X-Scopegate-Org", "acme")],
+        b"",
+    );
     assert_eq!(c.read().unwrap().expect("a response").json()["org"], "acme");
 }
