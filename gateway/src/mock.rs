@@ -442,7 +442,8 @@ async fn handle(
         }
     }
 
-    if !recording && *lock(&shared.behavior) == Behavior::Fixed {
+    let behavior = lock(&shared.behavior).clone();
+    if !recording && behavior == Behavior::Fixed {
         shared.count.fetch_add(1, Ordering::SeqCst);
         let status = if parts.method == Method::POST {
             StatusCode::CREATED
@@ -497,7 +498,6 @@ async fn handle(
     }
     shared.count.fetch_add(1, Ordering::SeqCst);
 
-    let behavior = lock(&shared.behavior).clone();
     match behavior {
         Behavior::Normal => {}
         Behavior::Status(code) => {

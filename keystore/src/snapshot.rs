@@ -132,6 +132,19 @@ pub enum KeyDomains {
     Many(Arc<[(Arc<str>, Access)]>),
 }
 
+impl KeyDomains {
+    /// The names the key declares, in order (sorted for several; none for
+    /// an org-wide key).
+    fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (one, many) = match self {
+            KeyDomains::All => (None, &[][..]),
+            KeyDomains::One(d, _) => (Some(d), &[][..]),
+            KeyDomains::Many(list) => (None, &list[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(d, _)| d))
+    }
+}
+
 /// A key as enforcement sees it: small, because there may be millions.
 #[derive(Clone, Debug)]
 pub struct KeyEntry {
@@ -414,8 +427,8 @@ impl<'s> Principal<'s> {
                 }
             }
             Target::Domain(d, need) => {
-                let name = self.visible_name(d).ok_or(Refusal::NotVisible)?;
-                match self.level_on(name) {
+                let (name, declared) = self.visible(d).ok_or(Refusal::NotVisible)?;
+                match self.user.level_on(name).map(|own| declared.min(own)) {
                     None => Err(Refusal::NotVisible),
                     Some(have) if have >= need => Ok(()),
                     Some(_) => Err(Refusal::ReadOnly),
@@ -425,22 +438,26 @@ impl<'s> Principal<'s> {
     }
 
     /// The interned name of a domain of the organisation that the key names,
-    /// or `None` (not the organisation's, or not in the key's scope: the
-    /// same answer). A key that names domains is matched on its own names
-    /// first, so the common check compares one string and confirms
-    /// membership by identity instead of hashing the name; only org-wide
-    /// keys and numeric ids go through the organisation's maps.
+    /// with the level the key declares on it, or `None` (not the
+    /// organisation's, or not in the key's scope: the same answer). A key
+    /// that names domains is matched on its own names first, so the common
+    /// check compares one string and confirms membership by identity instead
+    /// of hashing the name; only org-wide keys and numeric ids go through the
+    /// organisation's maps.
     #[inline]
-    fn visible_name(&self, d: DomainRef<'_>) -> Option<&'s Arc<str>> {
-        let name = match (&self.key.domains, d) {
-            (KeyDomains::One(own, _), DomainRef::Name(n)) => (**own == *n).then_some(own)?,
+    fn visible(&self, d: DomainRef<'_>) -> Option<(&'s Arc<str>, Access)> {
+        let (name, declared) = match (&self.key.domains, d) {
+            (KeyDomains::One(own, a), DomainRef::Name(n)) => ((**own == *n).then_some(own)?, *a),
             (KeyDomains::Many(list), DomainRef::Name(n)) => {
                 let i = list.binary_search_by(|(own, _)| (**own).cmp(n)).ok()?;
-                &list[i].0
+                (&list[i].0, list[i].1)
             }
-            _ => return self.org.resolve(d),
+            _ => {
+                let name = self.org.resolve(d)?;
+                return Some((name, self.key.declared(name)?));
+            }
         };
-        self.org.has(name).then_some(name)
+        self.org.has(name).then_some((name, declared))
     }
 
     /// The canonical name of a domain the key can see, for forwarding `/domains/{id}`.
@@ -473,41 +490,23 @@ impl<'s> Principal<'s> {
             let sep = if std::mem::take(&mut first) { "" } else { "," };
             write!(out, "{sep}{d}={}", a.as_str())
         };
-        match &self.key.domains {
-            KeyDomains::One(d, _) => {
-                if let Some(a) = self.level_on_member(d) {
-                    push(d, a)?;
-                }
-            }
-            // Sorted at creation.
-            KeyDomains::Many(list) => {
-                for (d, _) in list.iter() {
-                    if let Some(a) = self.level_on_member(d) {
-                        push(d, a)?;
-                    }
-                }
-            }
+        if matches!(self.key.domains, KeyDomains::All) {
             // An org-wide key whose creator was demoted to member: what the member has.
-            KeyDomains::All => {
-                for (d, a) in self.user.access.iter() {
-                    if self.org.has(d) {
-                        push(d, *a)?;
-                    }
+            for (d, a) in self.user.access.iter() {
+                if self.org.has(d) {
+                    push(d, *a)?;
                 }
+            }
+        }
+        for d in self.key.domains.names() {
+            if !self.org.has(d) {
+                continue;
+            }
+            if let Some(a) = self.level_on(d) {
+                push(d, a)?;
             }
         }
         Ok(())
-    }
-
-    /// The effective level on an interned name, if the organisation still
-    /// has the domain.
-    #[inline]
-    fn level_on_member(&self, d: &Arc<str>) -> Option<Access> {
-        if self.org.has(d) {
-            self.level_on(d)
-        } else {
-            None
-        }
     }
 }
 
