@@ -135,8 +135,9 @@ pub struct MockArgs {
     /// Print nothing per request (for load runs).
     #[arg(long)]
     pub quiet: bool,
-    /// Answer every request with the same small body instead of echoing it
-    /// (for benchmarks: the same upstream work whatever the gateway in front adds).
+    /// Answer every request with the same small body instead of echoing it,
+    /// printing nothing per request (for benchmarks: the same upstream work
+    /// whatever the gateway in front adds).
     #[arg(long)]
     pub fixed_response: bool,
 }
