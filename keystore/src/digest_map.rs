@@ -26,7 +26,12 @@
 //!
 //! Like [`crate::ShardMap`], the table is split into 1024 copy-on-write
 //! shards (chosen by the locator's low bits), so a snapshot clones in O(1)
-//! and a change copies one shard of ~1k entries.
+//! and a change copies one shard of ~1k entries. The shards' slot arrays are
+//! reached through one 16 KiB array of pointer-and-length pairs, so the
+//! address to prefetch is one (usually cached) read away from the locator.
+//! (Each shard's header sat in its own allocation before: at a million keys
+//! that read missed the cache on most checks and delayed the prefetch,
+//! ~5 % of a check, measured with an interleaved A/B.)
 
 use std::sync::Arc;
 
@@ -75,111 +80,106 @@ struct Slot<V> {
     value: V,
 }
 
-/// One shard: an open-addressing table with linear probing and no deletion.
-/// Empty slots have the all-zero prefix and a default value.
-#[derive(Clone)]
-struct Table<V> {
-    slots: Box<[Slot<V>]>,
-    /// Each slot's place, to re-insert it when the shard grows. Lookups never
-    /// read it, so it is kept apart from the slots.
+/// One shard's slots: an open-addressing table with linear probing and no
+/// deletion. Empty slots have the all-zero prefix and a default value.
+type Slots<V> = Arc<[Slot<V>]>;
+
+/// What inserts need of a shard and lookups never read, kept apart from the
+/// slots: each slot's place (to re-insert it when the shard grows) and the
+/// number of entries.
+#[derive(Clone, Default)]
+struct Meta {
     places: Box<[u32]>,
     len: usize,
 }
 
-impl<V> Default for Table<V> {
-    fn default() -> Self {
-        Table {
-            slots: Box::new([]),
-            places: Box::new([]),
-            len: 0,
+fn capacity_for(n: usize) -> usize {
+    (n * 8 / MAX_LOAD_EIGHTHS).max(8) + 1
+}
+
+fn empty_slots<V: Default>(cap: usize) -> Slots<V> {
+    (0..cap).map(|_| Slot::default()).collect()
+}
+
+#[inline]
+fn find<'a, V>(slots: &'a [Slot<V>], place: u32, key: &Prefix) -> Option<&'a V> {
+    let cap = slots.len();
+    if cap == 0 {
+        return None;
+    }
+    let mut i = first_slot(place, cap);
+    loop {
+        let slot = &slots[i];
+        if slot.key == *key {
+            return Some(&slot.value);
+        }
+        if slot.key == EMPTY {
+            return None;
+        }
+        i += 1;
+        if i == cap {
+            i = 0;
         }
     }
 }
 
-impl<V: Clone + Default> Table<V> {
-    fn capacity_for(n: usize) -> usize {
-        (n * 8 / MAX_LOAD_EIGHTHS).max(8) + 1
-    }
-
-    fn with_capacity(cap: usize) -> Self {
-        Table {
-            slots: (0..cap).map(|_| Slot::default()).collect(),
-            places: vec![0; cap].into_boxed_slice(),
-            len: 0,
+/// Inserts or replaces (keyed by the prefix); the shard must have a free slot.
+fn put<V>(slots: &mut [Slot<V>], meta: &mut Meta, place: u32, key: Prefix, v: V) -> Option<V> {
+    let cap = slots.len();
+    let mut i = first_slot(place, cap);
+    loop {
+        let slot = &mut slots[i];
+        if slot.key == key {
+            return Some(std::mem::replace(&mut slot.value, v));
         }
-    }
-
-    #[inline]
-    fn get(&self, place: u32, key: &Prefix) -> Option<&V> {
-        let cap = self.slots.len();
-        if cap == 0 {
+        if slot.key == EMPTY {
+            *slot = Slot { key, value: v };
+            meta.places[i] = place;
+            meta.len += 1;
             return None;
         }
-        let mut i = first_slot(place, cap);
-        loop {
-            let slot = &self.slots[i];
-            if slot.key == *key {
-                return Some(&slot.value);
-            }
-            if slot.key == EMPTY {
-                return None;
-            }
-            i += 1;
-            if i == cap {
-                i = 0;
-            }
+        i += 1;
+        if i == cap {
+            i = 0;
         }
     }
+}
 
-    /// Inserts or replaces (keyed by the prefix); the table must have a free slot.
-    fn put(&mut self, place: u32, key: Prefix, v: V) -> Option<V> {
-        let cap = self.slots.len();
-        let mut i = first_slot(place, cap);
-        loop {
-            let slot = &mut self.slots[i];
-            if slot.key == key {
-                return Some(std::mem::replace(&mut slot.value, v));
+/// A shard's entries re-inserted into `cap` slots: moved out when no other
+/// snapshot shares the old slots, cloned otherwise.
+fn rebuilt<V: Clone + Default>(slots: &mut Slots<V>, meta: &Meta, cap: usize) -> (Slots<V>, Meta) {
+    let mut next = empty_slots(cap);
+    let mut m = Meta {
+        places: vec![0; cap].into_boxed_slice(),
+        len: 0,
+    };
+    let dst = Arc::get_mut(&mut next).expect("a new allocation is not shared");
+    match Arc::get_mut(slots) {
+        Some(src) => {
+            for (s, &place) in src.iter_mut().zip(meta.places.iter()) {
+                if s.key != EMPTY {
+                    put(dst, &mut m, place, s.key, std::mem::take(&mut s.value));
+                }
             }
-            if slot.key == EMPTY {
-                *slot = Slot { key, value: v };
-                self.places[i] = place;
-                self.len += 1;
-                return None;
-            }
-            i += 1;
-            if i == cap {
-                i = 0;
+        }
+        None => {
+            for (s, &place) in slots.iter().zip(meta.places.iter()) {
+                if s.key != EMPTY {
+                    put(dst, &mut m, place, s.key, s.value.clone());
+                }
             }
         }
     }
-
-    fn rebuilt(&mut self, cap: usize) -> Table<V> {
-        let mut t = Table::with_capacity(cap);
-        let places = std::mem::take(&mut self.places);
-        for (slot, place) in std::mem::take(&mut self.slots)
-            .into_vec()
-            .into_iter()
-            .zip(places.iter())
-        {
-            if slot.key != EMPTY {
-                t.put(*place, slot.key, slot.value);
-            }
-        }
-        t
-    }
-
-    fn insert(&mut self, place: u32, key: Prefix, v: V) -> Option<V> {
-        debug_assert_ne!(key, EMPTY, "callers filter the empty prefix");
-        if (self.len + 1) * 8 > self.slots.len() * MAX_LOAD_EIGHTHS {
-            *self = self.rebuilt(Self::capacity_for((self.len + 1) * 2));
-        }
-        self.put(place, key, v)
-    }
+    (next, m)
 }
 
 /// Hashed secrets to entries, sharded and copy-on-write. See the module docs.
 pub struct DigestMap<V> {
-    shards: Arc<[Arc<Table<V>>]>,
+    /// Every shard's slots, side by side: a lookup reads one 16-byte
+    /// pointer-and-length from this 16 KiB array, then the slot.
+    slots: Arc<[Slots<V>]>,
+    /// Every shard's [`Meta`], parallel to `slots`.
+    meta: Arc<[Arc<Meta>]>,
     len: usize,
     /// Entries placed by their digest (stored without a locator).
     by_digest: usize,
@@ -188,7 +188,8 @@ pub struct DigestMap<V> {
 impl<V> Clone for DigestMap<V> {
     fn clone(&self) -> Self {
         DigestMap {
-            shards: Arc::clone(&self.shards),
+            slots: Arc::clone(&self.slots),
+            meta: Arc::clone(&self.meta),
             len: self.len,
             by_digest: self.by_digest,
         }
@@ -197,8 +198,11 @@ impl<V> Clone for DigestMap<V> {
 
 impl<V: Clone + Default> Default for DigestMap<V> {
     fn default() -> Self {
+        let none: Slots<V> = empty_slots(0);
+        let meta = Arc::new(Meta::default());
         DigestMap {
-            shards: (0..SHARDS).map(|_| Arc::new(Table::default())).collect(),
+            slots: (0..SHARDS).map(|_| Arc::clone(&none)).collect(),
+            meta: (0..SHARDS).map(|_| Arc::clone(&meta)).collect(),
             len: 0,
             by_digest: 0,
         }
@@ -215,12 +219,14 @@ impl<V: Clone + Default> DigestMap<V> {
     /// bulk load made of single inserts (one shard at a time, so the peak
     /// memory is one shard's worth above the result).
     pub fn compact(&mut self) {
-        let shards = Arc::make_mut(&mut self.shards);
-        for shard in shards.iter_mut() {
-            let want = Table::<V>::capacity_for(shard.len);
-            if shard.slots.len() > want {
-                let t = Arc::make_mut(shard);
-                *t = t.rebuilt(want);
+        let slots = Arc::make_mut(&mut self.slots);
+        let metas = Arc::make_mut(&mut self.meta);
+        for (s, m) in slots.iter_mut().zip(metas.iter_mut()) {
+            let want = capacity_for(m.len);
+            if s.len() > want {
+                let (next, meta) = rebuilt(s, m, want);
+                *s = next;
+                *m = Arc::new(meta);
             }
         }
     }
@@ -245,8 +251,8 @@ impl<V: Clone + Default> DigestMap<V> {
     /// for it: a hint to the CPU, which never faults and changes nothing.
     #[inline]
     pub fn prefetch(&self, l: Locator) {
-        let t = &self.shards[shard_of(l)];
-        if let Some(slot) = t.slots.get(first_slot(place_of(l), t.slots.len())) {
+        let s = &self.slots[shard_of(l)];
+        if let Some(slot) = s.get(first_slot(place_of(l), s.len())) {
             prefetch_line(slot);
         }
     }
@@ -259,16 +265,16 @@ impl<V: Clone + Default> DigestMap<V> {
         if key == EMPTY {
             return None;
         }
-        let found = self.shards[shard_of(p.locator)].get(place_of(p.locator), &key);
+        let found = find(&self.slots[shard_of(p.locator)], place_of(p.locator), &key);
         if found.is_some() || self.by_digest == 0 {
             return found;
         }
         let l = Locator::of_digest(&p.digest);
-        self.shards[shard_of(l)].get(place_of(l), &key)
+        find(&self.slots[shard_of(l)], place_of(l), &key)
     }
 
     /// Inserts or replaces the entry of the key with this digest at this
-    /// locator, copying the shard array and one shard if another snapshot
+    /// locator, copying the shard arrays and one shard if another snapshot
     /// shares them.
     pub fn insert(&mut self, p: Hashed, v: V) -> Option<V> {
         let key = prefix(&p.digest);
@@ -276,9 +282,21 @@ impl<V: Clone + Default> DigestMap<V> {
             // Never stored: see the module documentation.
             return None;
         }
-        let shards = Arc::make_mut(&mut self.shards);
-        let old =
-            Arc::make_mut(&mut shards[shard_of(p.locator)]).insert(place_of(p.locator), key, v);
+        let i = shard_of(p.locator);
+        let slots = Arc::make_mut(&mut self.slots);
+        let meta = Arc::make_mut(&mut Arc::make_mut(&mut self.meta)[i]);
+        if (meta.len + 1) * 8 > slots[i].len() * MAX_LOAD_EIGHTHS {
+            let (next, m) = rebuilt(&mut slots[i], meta, capacity_for((meta.len + 1) * 2));
+            slots[i] = next;
+            *meta = m;
+        }
+        let old = put(
+            Arc::make_mut(&mut slots[i]),
+            meta,
+            place_of(p.locator),
+            key,
+            v,
+        );
         if old.is_none() {
             self.len += 1;
             if p.locator == Locator::of_digest(&p.digest) {
@@ -290,9 +308,9 @@ impl<V: Clone + Default> DigestMap<V> {
 
     /// Every entry, in no particular order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.shards
+        self.slots
             .iter()
-            .flat_map(|t| t.slots.iter().filter(|s| s.key != EMPTY).map(|s| &s.value))
+            .flat_map(|s| s.iter().filter(|s| s.key != EMPTY).map(|s| &s.value))
     }
 }
 
@@ -405,9 +423,9 @@ mod tests {
         for i in 0..5000 {
             built.insert(key(i), i);
         }
-        let before: usize = built.shards.iter().map(|t| t.slots.len()).sum();
+        let before: usize = built.slots.iter().map(|s| s.len()).sum();
         built.compact();
-        let after: usize = built.shards.iter().map(|t| t.slots.len()).sum();
+        let after: usize = built.slots.iter().map(|s| s.len()).sum();
         assert!(after <= before);
         assert_eq!(built.len(), 5000);
         for i in 0..5000 {
@@ -429,12 +447,25 @@ mod tests {
         assert_eq!(b.get(&key(123_456)), None);
         assert_eq!(a.get(&key(1)), Some(&100));
         let shared = a
-            .shards
+            .slots
             .iter()
-            .zip(b.shards.iter())
+            .zip(b.slots.iter())
             .filter(|(x, y)| Arc::ptr_eq(x, y))
             .count();
         assert!(shared >= SHARDS - 2, "{shared} shards shared");
+        // Growing shards the clone shares (entries cloned, not moved) leaves
+        // the clone whole.
+        for i in 5000..15_000 {
+            a.insert(key(i), i);
+        }
+        assert_eq!(b.len(), 5000);
+        assert_eq!(b.values().count(), 5000);
+        for i in 0..5000 {
+            assert_eq!(b.get(&key(i)), Some(&i));
+            assert_eq!(a.get(&key(i)), Some(if i == 1 { &100 } else { &i }));
+        }
+        assert_eq!(b.get(&key(5000)), None);
+        assert_eq!(a.get(&key(14_999)), Some(&14_999));
     }
 
     #[test]
@@ -475,8 +506,8 @@ mod tests {
             m.insert(key(i), n as u8);
             m.prefetch(key(i).locator);
         }
-        let t = &m.shards[0];
-        assert!(t.len * 8 <= t.slots.len() * MAX_LOAD_EIGHTHS);
+        assert_eq!(m.meta[0].len, same_shard.len());
+        assert!(m.meta[0].len * 8 <= m.slots[0].len() * MAX_LOAD_EIGHTHS);
         for (n, &i) in same_shard.iter().enumerate() {
             assert_eq!(m.get(&key(i)), Some(&(n as u8)));
         }
