@@ -69,6 +69,37 @@ fn same_name(a: &Arc<str>, b: &Arc<str>) -> bool {
     Arc::ptr_eq(a, b)
 }
 
+/// Whether two strings are equal, for domain names: those of 8 to 32 bytes
+/// (nearly all) are compared as four overlapping 8-byte words, inline and
+/// without a branch on the length, others with `==`. (The `memcmp` call
+/// `==` makes, with its branches on the length, was ~4 % of a 1M-key check.)
+#[inline]
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if !(8..=32).contains(&n) {
+        return a == b;
+    }
+    // Windows at 0, s, n-8-s and n-8 with s = ceil((n-8)/3): consecutive
+    // ones start at most 8 apart when n <= 32, so together they cover every
+    // byte.
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let last = n - 8;
+    let step = last.div_ceil(3);
+    let diff = (word(a, 0) ^ word(b, 0))
+        | (word(a, step) ^ word(b, step))
+        | (word(a, last - step) ^ word(b, last - step))
+        | (word(a, last) ^ word(b, last));
+    diff == 0
+}
+
 /// A user as enforcement sees it.
 #[derive(Clone, Debug)]
 pub struct UserEntry {
@@ -447,7 +478,9 @@ impl<'s> Principal<'s> {
     #[inline]
     fn visible(&self, d: DomainRef<'_>) -> Option<(&'s Arc<str>, Access)> {
         let (name, declared) = match (&self.key.domains, d) {
-            (KeyDomains::One(own, a), DomainRef::Name(n)) => ((**own == *n).then_some(own)?, *a),
+            (KeyDomains::One(own, a), DomainRef::Name(n)) => {
+                (same_text(own, n).then_some(own)?, *a)
+            }
             (KeyDomains::Many(list), DomainRef::Name(n)) => {
                 let i = list.binary_search_by(|(own, _)| (**own).cmp(n)).ok()?;
                 (&list[i].0, list[i].1)
@@ -611,6 +644,22 @@ mod tests {
         crate::Domain {
             name: name.to_string(),
             id: None,
+        }
+    }
+
+    #[test]
+    fn same_text_sees_every_byte_of_every_length() {
+        for n in 0..=40usize {
+            let a: String = (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            assert!(same_text(&a, &a.clone()), "{n}");
+            for i in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[i] = b'.';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same_text(&a, &b), "length {n}, byte {i}");
+            }
+            let longer = format!("{a}x");
+            assert!(!same_text(&a, &longer) && !same_text(&longer, &a), "{n}");
         }
     }
 
