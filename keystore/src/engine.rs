@@ -11,7 +11,8 @@ use crate::model::{
 };
 use crate::secret::{self, Hashed, Pepper};
 use crate::snapshot::{
-    key_entry, org_entry, user_entry, Interner, Refusal, Snapshot, Target, UserEntry, UserKey,
+    key_entry, org_entry, user_entry, Interner, OrgEntry, Refusal, Snapshot, Target, UserEntry,
+    UserKey,
 };
 use crate::store::{Audit, Change, Store, StoreError};
 
@@ -919,7 +920,13 @@ fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error>
         }
         // Keys of deleted users point at no slot: refused, as they must be.
         let slot = slot_of_uid.get(&k.user_uid).copied().unwrap_or(u32::MAX);
-        match key_entry(&k, slot, org_slot_of(&snap, slot), intern) {
+        match key_entry(
+            &k,
+            slot,
+            org_slot_of(&snap, slot),
+            intern,
+            holders(&snap, slot),
+        ) {
             Some(e) => {
                 snap.keys.insert(k.hashed(), e);
             }
@@ -981,14 +988,27 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
                     .get(&k.user_uid)
                     .copied()
                     .expect("keys are planned against an existing user");
-                let entry = key_entry(k, slot, org_slot_of(snap, slot), intern)
-                    .expect("ids of new keys are generated");
+                let entry = key_entry(
+                    k,
+                    slot,
+                    org_slot_of(snap, slot),
+                    intern,
+                    holders(snap, slot),
+                )
+                .expect("ids of new keys are generated");
                 snap.keys.insert(k.hashed(), entry);
                 snap.live_keys += 1;
             }
         }
         Change::RevokeKey { key, .. } => revoke_all(snap, std::slice::from_ref(key)),
     }
+}
+
+/// The user in `slot` and their organisation, as the snapshot has them now.
+fn holders(snap: &Snapshot, slot: u32) -> (Option<&UserEntry>, Option<&OrgEntry>) {
+    let user = snap.users.get(slot).and_then(Option::as_deref);
+    let org = user.and_then(|u| snap.orgs.get(u.org_slot)?.as_deref());
+    (user, org)
 }
 
 /// The organisation slot of the user in `slot` (`u32::MAX` for none).
