@@ -716,6 +716,18 @@ mod tests {
         }
     }
 
+    /// Organisation `acme` with five domains, and their names.
+    fn acme(intern: &mut Interner) -> (OrgEntry, [&'static str; 5]) {
+        let names = [
+            "a.example",
+            "b.example",
+            "c.example",
+            "d.example",
+            "e.example",
+        ];
+        (org_entry(1, "acme", &names.map(domain), intern), names)
+    }
+
     #[test]
     fn same_text_sees_every_byte_of_every_length() {
         for n in 0..=40usize {
@@ -735,14 +747,7 @@ mod tests {
     #[test]
     fn a_stale_hint_is_only_a_hint() {
         let mut intern = Interner::default();
-        let names = [
-            "a.example",
-            "b.example",
-            "c.example",
-            "d.example",
-            "e.example",
-        ];
-        let org = org_entry(1, "acme", &names.map(domain), &mut intern);
+        let (org, _) = acme(&mut intern);
         let member = |access: &[(&str, Access)], intern: &mut Interner| {
             let u = UserRecord {
                 org: "acme".into(),
@@ -866,14 +871,7 @@ mod tests {
     #[test]
     fn membership_is_by_interned_identity_and_fails_closed() {
         let mut intern = Interner::default();
-        let names = [
-            "a.example",
-            "b.example",
-            "c.example",
-            "d.example",
-            "e.example",
-        ];
-        let org = org_entry(1, "acme", &names.map(domain), &mut intern);
+        let (org, names) = acme(&mut intern);
         for n in names {
             assert!(org.has(&intern.get(n)), "{n}");
             // The same text in another allocation is not the organisation's
