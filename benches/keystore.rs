@@ -3,8 +3,10 @@
 //! `bash run.sh bench -- keystore` (or `cargo bench -p scopegate-suite --bench keystore`).
 //! - `check/<n>/<kind>`: the whole key check as the gateway does it: format
 //!   check, keyed BLAKE3, snapshot load, lookup, creator and scope, for a
-//!   key drawn at random from n keys (hit), a well-formed unknown key (miss)
-//!   and a key with a broken checksum (malformed).
+//!   key drawn at random from n keys (hit), a well-formed unknown key (miss:
+//!   1024 of them, their slots cached; miss_fresh: n of them, each seen once
+//!   per pass, as a flood of guesses would be) and a key with a broken
+//!   checksum (malformed).
 //! - `mutation_1m/*`: one change at a million keys: the snapshot part alone
 //!   (copy-on-write of one shard) and the whole durable call (SQLite commit
 //!   with fsync, then publish).
@@ -44,6 +46,15 @@ fn bench_checks(c: &mut Criterion, label: &str, ks: &KeyStore, pop: &Population)
     let laid = LaidOut::new(pop);
     let hits = laid.pairs();
     let misses: Vec<String> = (0..1024).map(|_| secret::generate()).collect();
+    // As many never-issued keys as there are keys, in one buffer: each is
+    // looked up once per pass, so its probe sequence is not in the cache (a
+    // flood of guessed keys, unlike `miss`, whose 1024 keys' slots stay cached).
+    let fresh: String = (0..pop.secrets.len().max(1024))
+        .map(|_| secret::generate())
+        .collect();
+    let fresh: Vec<&str> = (0..fresh.len() / secret::ISSUED_LEN)
+        .map(|i| &fresh[i * secret::ISSUED_LEN..(i + 1) * secret::ISSUED_LEN])
+        .collect();
     let malformed: Vec<String> = misses
         .iter()
         .map(|s| {
@@ -77,6 +88,16 @@ fn bench_checks(c: &mut Criterion, label: &str, ks: &KeyStore, pop: &Population)
                 "example.com",
                 now
             ));
+        })
+    });
+    g.bench_function(BenchmarkId::new(label, "miss_fresh"), |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            if i == fresh.len() {
+                i = 0;
+            }
+            assert!(!check(ks, black_box(fresh[i]), "example.com", now));
         })
     });
     g.bench_function(BenchmarkId::new(label, "malformed"), |b| {
