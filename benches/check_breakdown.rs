@@ -8,6 +8,10 @@ use scopegate_suite::population::{populate, LaidOut};
 use std::hint::black_box;
 use std::time::Instant;
 
+/// The allocator the gateway binary runs with, as in `benches/keystore.rs`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let ks = KeyStore::in_memory(Pepper::new(b"bench-pepper-0123456789abcdef"));
     let n: usize = std::env::var("N")
