@@ -920,13 +920,7 @@ fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error>
         }
         // Keys of deleted users point at no slot: refused, as they must be.
         let slot = slot_of_uid.get(&k.user_uid).copied().unwrap_or(u32::MAX);
-        match key_entry(
-            &k,
-            slot,
-            org_slot_of(&snap, slot),
-            intern,
-            holders(&snap, slot),
-        ) {
+        match key_entry(&k, slot, holders(&snap, slot), intern) {
             Some(e) => {
                 snap.keys.insert(k.hashed(), e);
             }
@@ -988,14 +982,8 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
                     .get(&k.user_uid)
                     .copied()
                     .expect("keys are planned against an existing user");
-                let entry = key_entry(
-                    k,
-                    slot,
-                    org_slot_of(snap, slot),
-                    intern,
-                    holders(snap, slot),
-                )
-                .expect("ids of new keys are generated");
+                let entry = key_entry(k, slot, holders(snap, slot), intern)
+                    .expect("ids of new keys are generated");
                 snap.keys.insert(k.hashed(), entry);
                 snap.live_keys += 1;
             }
@@ -1009,14 +997,6 @@ fn holders(snap: &Snapshot, slot: u32) -> (Option<&UserEntry>, Option<&OrgEntry>
     let user = snap.users.get(slot).and_then(Option::as_deref);
     let org = user.and_then(|u| snap.orgs.get(u.org_slot)?.as_deref());
     (user, org)
-}
-
-/// The organisation slot of the user in `slot` (`u32::MAX` for none).
-fn org_slot_of(snap: &Snapshot, slot: u32) -> u32 {
-    snap.users
-        .get(slot)
-        .and_then(Option::as_deref)
-        .map_or(u32::MAX, |u| u.org_slot)
 }
 
 fn put_user_entry(snap: &mut Snapshot, u: &UserRecord, intern: &mut Interner) {

@@ -48,7 +48,13 @@ impl OrgEntry {
     /// fails closed.
     #[inline]
     pub fn has(&self, name: &Arc<str>) -> bool {
-        self.members.binary_search(&identity(name)).is_ok()
+        self.index_of(name).is_some()
+    }
+
+    /// Where an interned name sits among the members, by identity.
+    #[inline]
+    fn index_of(&self, name: &Arc<str>) -> Option<usize> {
+        self.members.binary_search(&identity(name)).ok()
     }
 
     /// [`Self::has`], trying the position `hint` first (see [`Hint`]).
@@ -59,7 +65,7 @@ impl OrgEntry {
 
     /// Where an interned name sits among the members, as a [`Hint`].
     fn position(&self, name: &Arc<str>) -> u8 {
-        hint_of(self.members.binary_search(&identity(name)).ok())
+        hint_of(self.index_of(name))
     }
 }
 
@@ -168,13 +174,15 @@ impl UserEntry {
         if self.role.is_org_admin() {
             Some(Access::ReadWrite)
         } else {
-            let id = identity(domain);
-            let i = self
-                .access_ids
-                .binary_search_by_key(&id, |(d, _)| *d)
-                .ok()?;
-            Some(self.access_ids[i].1)
+            Some(self.access_ids[self.index_of(domain)?].1)
         }
+    }
+
+    /// Where an interned name sits in the access, by identity.
+    #[inline]
+    fn index_of(&self, domain: &Arc<str>) -> Option<usize> {
+        let id = identity(domain);
+        self.access_ids.binary_search_by_key(&id, |(d, _)| *d).ok()
     }
 
     /// [`Self::level_on`], trying the position `hint` first (see [`Hint`]).
@@ -191,8 +199,7 @@ impl UserEntry {
 
     /// Where an interned name sits in the access, as a [`Hint`].
     fn position(&self, domain: &Arc<str>) -> u8 {
-        let id = identity(domain);
-        hint_of(self.access_ids.iter().position(|(d, _)| *d == id))
+        hint_of(self.index_of(domain))
     }
 }
 
@@ -545,7 +552,7 @@ impl<'s> Principal<'s> {
             }
             _ => {
                 let name = self.org.resolve(d)?;
-                return Some((name, self.key.declared(name)?, u8::MAX));
+                return Some((name, self.key.declared(name)?, Hint::NONE.user));
             }
         };
         self.org
@@ -643,17 +650,18 @@ pub(crate) fn user_entry(u: &UserRecord, org_slot: u32, intern: &mut Interner) -
 
 /// Builds the enforcement entry for a key record; `None` when its id is not
 /// one scopegate issued.
+/// `creator` is the user in `user_slot` and `org` their organisation, as the
+/// snapshot has them now (`None` for a user that no longer exists).
 pub(crate) fn key_entry(
     k: &KeyRecord,
     user_slot: u32,
-    org_slot: u32,
+    (creator, org): (Option<&UserEntry>, Option<&OrgEntry>),
     intern: &mut Interner,
-    now: (Option<&UserEntry>, Option<&OrgEntry>),
 ) -> Option<KeyEntry> {
     let mut e = KeyEntry {
         id: crate::secret::parse_id(&k.id)?,
         user_slot,
-        org_slot,
+        org_slot: creator.map_or(u32::MAX, |u| u.org_slot),
         domains: match &k.scope {
             KeyScope::OrgWide => KeyDomains::All,
             KeyScope::Domains(d) if d.len() == 1 => {
@@ -671,7 +679,7 @@ pub(crate) fn key_entry(
         revoked: k.revoked_at.is_some(),
         hint: Hint::NONE,
     };
-    if let (KeyDomains::One(d, _), (Some(user), Some(org))) = (&e.domains, now) {
+    if let (KeyDomains::One(d, _), Some(user), Some(org)) = (&e.domains, creator, org) {
         e.hint = Hint {
             user: user.position(d),
             org: org.position(d),
@@ -779,7 +787,7 @@ mod tests {
             created_at: 0,
             revoked_at: None,
         };
-        let key = key_entry(&record, 0, 0, &mut intern, (Some(&then), Some(&org))).unwrap();
+        let key = key_entry(&record, 0, (Some(&then), Some(&org)), &mut intern).unwrap();
         assert_ne!(key.hint.user, u8::MAX);
         assert_ne!(key.hint.org, u8::MAX);
         let decide = |user: &UserEntry, org: &OrgEntry, need| {
