@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use scopegate_keystore::{secret, Access, DomainRef, KeyStore, Pepper, Target, UserInput};
-use scopegate_suite::population::{populate, LaidOut, Population};
+use scopegate_suite::population::{issued_in, populate, LaidOut, Population};
 
 /// The allocator the gateway binary runs with, so the table is laid out
 /// as it is in production.
@@ -52,9 +52,7 @@ fn bench_checks(c: &mut Criterion, label: &str, ks: &KeyStore, pop: &Population)
     let fresh: String = (0..pop.secrets.len().max(1024))
         .map(|_| secret::generate())
         .collect();
-    let fresh: Vec<&str> = (0..fresh.len() / secret::ISSUED_LEN)
-        .map(|i| &fresh[i * secret::ISSUED_LEN..(i + 1) * secret::ISSUED_LEN])
-        .collect();
+    let fresh: Vec<&str> = issued_in(&fresh).collect();
     let malformed: Vec<String> = misses
         .iter()
         .map(|s| {

@@ -133,11 +133,14 @@ impl LaidOut {
 
     /// (secret, a domain it can write) for every key, in the laid-out order.
     pub fn pairs(&self) -> Vec<(&str, &'static str)> {
-        let len = scopegate_keystore::secret::ISSUED_LEN;
-        self.writable
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| (&self.buf[i * len..(i + 1) * len], d))
+        issued_in(&self.buf)
+            .zip(self.writable.iter().copied())
             .collect()
     }
+}
+
+/// The issued secrets laid end to end in `buf`, one after the other.
+pub fn issued_in(buf: &str) -> impl Iterator<Item = &str> {
+    let len = scopegate_keystore::secret::ISSUED_LEN;
+    (0..buf.len() / len).map(move |i| &buf[i * len..(i + 1) * len])
 }
