@@ -69,6 +69,7 @@ impl From<KsError> for Answer {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Rule => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Store => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         Answer::error(status, e.code, &e.message)
     }

@@ -2,6 +2,7 @@
 //! validates, commits and publishes each change in that order.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::{ArcSwap, Guard};
@@ -29,6 +30,8 @@ pub enum ErrorKind {
     Rule,
     /// The store failed; nothing changed: 500.
     Store,
+    /// The store cannot be reached right now; nothing changed: 503.
+    Unavailable,
 }
 
 /// A refused or failed change. The message says which rule was broken and
@@ -65,7 +68,21 @@ impl Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
-        Error::new(ErrorKind::Store, "store_error", e.to_string())
+        match e {
+            StoreError::Unavailable(_) => Error::new(
+                ErrorKind::Unavailable,
+                "store_unavailable",
+                format!("{e}; nothing was changed, try again once the database is back"),
+            ),
+            StoreError::Behind { .. } => Error::new(
+                ErrorKind::Unavailable,
+                "store_busy",
+                format!(
+                    "{e}; other instances kept committing first, nothing was changed, try again"
+                ),
+            ),
+            _ => Error::new(ErrorKind::Store, "store_error", e.to_string()),
+        }
     }
 }
 
@@ -184,7 +201,63 @@ pub struct KeyStore {
     current: ArcSwap<Snapshot>,
     /// The store and the interner, behind the single-writer lock.
     writer: Mutex<Writer>,
+    /// Freshness and follower counters, readable without the writer lock.
+    pub(crate) fresh: Freshness,
 }
+
+/// When this instance last confirmed, against the store, that it holds every
+/// committed change; and what following the log has cost. Read by the proxy
+/// on every request (one atomic load) and by metrics.
+pub(crate) struct Freshness {
+    /// The clock the confirmations are measured on (monotonic).
+    epoch: std::time::Instant,
+    /// Microseconds after `epoch` at which the last confirming read *started*
+    /// (a read that started earlier proves nothing about commits after it).
+    confirmed_us: AtomicU64,
+    /// Log entries applied from other writers.
+    pub(crate) applied: AtomicU64,
+    /// Whole-snapshot reloads (log pruned past what this instance held).
+    pub(crate) reloads: AtomicU64,
+    /// Wake-up connections reopened after a loss.
+    pub(crate) reconnects: AtomicU64,
+}
+
+impl Freshness {
+    fn new() -> Freshness {
+        Freshness {
+            epoch: std::time::Instant::now(),
+            confirmed_us: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Records a confirmation by a read that started at `started_us`.
+    fn confirm(&self, started_us: u64) {
+        self.confirmed_us.fetch_max(started_us, Ordering::Release);
+    }
+}
+
+/// What [`KeyStore::follow`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Followed {
+    /// Log entries applied.
+    pub applied: u64,
+    /// Whether the whole snapshot was reloaded instead.
+    pub reloaded: bool,
+    /// The version now enforced.
+    pub version: u64,
+}
+
+/// How many log entries one catch-up read asks for.
+const CATCH_UP_BATCH: usize = 10_000;
+/// How often a write is planned again after other instances committed first.
+const WRITE_ATTEMPTS: usize = 8;
 
 /// What only the writer touches.
 struct Writer {
@@ -248,11 +321,135 @@ impl KeyStore {
     pub fn open(mut store: Box<dyn Store>, pepper: Pepper) -> Result<KeyStore, Error> {
         store.check_pepper(&pepper.fingerprint())?;
         let mut intern = Interner::default();
+        let fresh = Freshness::new();
+        let started = fresh.now_us();
         let snapshot = load(store.as_mut(), &mut intern)?;
+        fresh.confirm(started);
         Ok(KeyStore {
             pepper,
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(Writer { store, intern }),
+            fresh,
+        })
+    }
+
+    /// Opens the store `location` names: a `postgres://` (or
+    /// `postgresql://`) URL for a fleet's shared database, anything else a
+    /// SQLite file path.
+    pub fn open_location(location: &str, pepper: Pepper) -> Result<KeyStore, Error> {
+        if crate::postgres::is_url(location) {
+            let store = crate::postgres::PostgresStore::connect(location, &pepper.fingerprint())?;
+            KeyStore::open(Box::new(store), pepper)
+        } else {
+            KeyStore::open_sqlite(std::path::Path::new(location), pepper)
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn store_kind(&self) -> &'static str {
+        lock(&self.writer).store.kind()
+    }
+
+    /// Time since this instance last confirmed, against the store, that it
+    /// holds every committed change. One atomic load and a clock read.
+    #[inline]
+    pub fn staleness(&self) -> std::time::Duration {
+        let confirmed = self.fresh.confirmed_us.load(Ordering::Acquire);
+        std::time::Duration::from_micros(self.fresh.now_us().saturating_sub(confirmed))
+    }
+
+    /// (log entries applied from other writers, whole reloads, wake-up
+    /// reconnects) since start.
+    pub fn follow_counters(&self) -> (u64, u64, u64) {
+        (
+            self.fresh.applied.load(Ordering::Relaxed),
+            self.fresh.reloads.load(Ordering::Relaxed),
+            self.fresh.reconnects.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Brings the snapshot up to the store's change log: applies every entry
+    /// after the current version in order and publishes once, or reloads the
+    /// whole snapshot when an entry's payload is gone or a version is
+    /// missing (readers keep the old snapshot until the new one is swapped
+    /// in). On success the instance is confirmed fresh as of the moment the
+    /// read started.
+    pub fn follow(&self) -> Result<Followed, Error> {
+        let mut guard = lock(&self.writer);
+        self.catch_up(&mut guard)
+    }
+
+    /// Opens a new wake-up source on the store for a follower.
+    pub fn watcher(&self) -> Result<Box<dyn crate::store::Watcher>, Error> {
+        Ok(lock(&self.writer).store.watcher()?)
+    }
+
+    /// Drops the change payloads at or below `version` from the store's log
+    /// (the audit columns stay); instances behind that point reload.
+    pub fn prune_log(&self, version: u64) -> Result<u64, Error> {
+        Ok(lock(&self.writer).store.prune_payloads(version)?)
+    }
+
+    fn catch_up(&self, guard: &mut Writer) -> Result<Followed, Error> {
+        let Writer { store, intern } = guard;
+        let started = self.fresh.now_us();
+        let cur = self.current.load_full();
+        let mut next: Option<Snapshot> = None;
+        let mut applied = 0;
+        loop {
+            let at = next.as_ref().map_or(cur.version, |s| s.version);
+            let (entries, head) = store.changes_since(at, CATCH_UP_BATCH)?;
+            if head < cur.version {
+                return Err(StoreError::Incompatible(format!(
+                    "the store's change log is at version {head}, behind the {} this instance holds: was the database restored from an older backup? refusing to follow it",
+                    cur.version
+                ))
+                .into());
+            }
+            let mut expect = at + 1;
+            let mut complete = true;
+            for e in &entries {
+                let Some(change) = e.change.as_ref().filter(|_| e.version == expect) else {
+                    complete = false;
+                    break;
+                };
+                let snap = next.get_or_insert_with(|| (*cur).clone());
+                apply(snap, change, intern);
+                snap.version = e.version;
+                snap.changed_at_ms = e.at_ms;
+                expect += 1;
+                applied += 1;
+            }
+            if !complete {
+                let fresh = load(store.as_mut(), intern)?;
+                let version = fresh.version;
+                self.current.store(Arc::new(fresh));
+                self.fresh.reloads.fetch_add(1, Ordering::Relaxed);
+                self.fresh.confirm(started);
+                return Ok(Followed {
+                    applied: 0,
+                    reloaded: true,
+                    version,
+                });
+            }
+            if expect > head || entries.is_empty() {
+                break;
+            }
+        }
+        let version = match next {
+            Some(snap) => {
+                let v = snap.version;
+                self.current.store(Arc::new(snap));
+                self.fresh.applied.fetch_add(applied, Ordering::Relaxed);
+                v
+            }
+            None => cur.version,
+        };
+        self.fresh.confirm(started);
+        Ok(Followed {
+            applied,
+            reloaded: false,
+            version,
         })
     }
 
@@ -337,29 +534,47 @@ impl KeyStore {
 
     /// Validates a change against the current snapshot (under the writer
     /// lock), commits it, then publishes the next snapshot.
+    ///
+    /// In a fleet the snapshot may trail the store: the writer first catches
+    /// up with the log, plans against that, and commits only if nobody
+    /// committed in between ([`StoreError::Behind`] otherwise: catch up and
+    /// plan again). So every change is validated against the state it
+    /// follows in the log, whichever instance made the one before it.
     fn write<T>(
         &self,
         actor: &str,
-        plan: impl FnOnce(&Snapshot, &mut dyn Store) -> Result<Option<(Change, T)>, Error>,
+        mut plan: impl FnMut(&Snapshot, &mut dyn Store) -> Result<Option<(Change, T)>, Error>,
         unchanged: impl FnOnce() -> T,
     ) -> Result<Applied<T>, Error> {
         let mut guard = lock(&self.writer);
-        let Writer { store, intern } = &mut *guard;
-        let cur = self.current.load_full();
-        let Some((change, value)) = plan(&cur, store.as_mut())? else {
-            return Ok(Applied {
-                value: unchanged(),
-                version: cur.version,
-            });
-        };
-        let at_ms = crate::time::now_ms();
-        let version = store.commit(&change, &Audit { actor, at_ms })?;
-        let mut next = (*cur).clone();
-        apply(&mut next, &change, intern);
-        next.version = version;
-        next.changed_at_ms = at_ms;
-        self.current.store(Arc::new(next));
-        Ok(Applied { value, version })
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.catch_up(&mut guard)?;
+            let Writer { store, intern } = &mut *guard;
+            let started = self.fresh.now_us();
+            let cur = self.current.load_full();
+            let Some((change, value)) = plan(&cur, store.as_mut())? else {
+                return Ok(Applied {
+                    value: unchanged(),
+                    version: cur.version,
+                });
+            };
+            let at_ms = crate::time::now_ms();
+            let version = match store.commit(&change, &Audit { actor, at_ms }, cur.version) {
+                Ok(v) => v,
+                Err(StoreError::Behind { .. }) if attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut next = (*cur).clone();
+            apply(&mut next, &change, intern);
+            next.version = version;
+            next.changed_at_ms = at_ms;
+            self.current.store(Arc::new(next));
+            // The commit saw the log at `cur.version`: nothing was missing.
+            self.fresh.confirm(started);
+            return Ok(Applied { value, version });
+        }
     }
 
     /// Creates an organisation or replaces its domain list. `value` is true
@@ -400,7 +615,7 @@ impl KeyStore {
                     Change::PutOrg {
                         org: org.to_string(),
                         uid: existing.unwrap_or(snap.version + 1),
-                        domains: list,
+                        domains: list.clone(),
                     },
                     existing.is_none(),
                 )))
@@ -459,7 +674,7 @@ impl KeyStore {
                     id: user.clone(),
                     role: input.role,
                     status,
-                    access,
+                    access: access.clone(),
                     uid: existing.map_or(snap.version + 1, |u| u.uid),
                 };
                 let change = if existing.is_some_and(|u| u.status == Status::Active)
@@ -471,7 +686,7 @@ impl KeyStore {
                         revoke: live_keys(store, org, &user)?,
                     }
                 } else {
-                    Change::PutUser(record)
+                    Change::PutUser { user: record }
                 };
                 Ok(Some((change, existing.is_none())))
             },
@@ -579,8 +794,8 @@ impl KeyStore {
                 let mut records = Vec::with_capacity(keys.len());
                 let mut created = Vec::with_capacity(keys.len());
                 let mut seen = hashbrown::HashSet::new();
-                for (i, k) in keys.into_iter().enumerate() {
-                    let (record, secret) = plan_key(snap, &self.pepper, org, k, now)
+                for (i, k) in keys.iter().enumerate() {
+                    let (record, secret) = plan_key(snap, &self.pepper, org, k.clone(), now)
                         .map_err(|e| with_index(e, i, records.capacity()))?;
                     if snap.keys.get(&record.hashed()).is_some() || !seen.insert(record.digest) {
                         return Err(with_index(
@@ -599,7 +814,7 @@ impl KeyStore {
                     });
                     records.push(record);
                 }
-                Ok(Some((Change::CreateKeys(records), created)))
+                Ok(Some((Change::CreateKeys { keys: records }, created)))
             },
             Vec::new,
         )
@@ -880,6 +1095,17 @@ fn plan_key(
 
 /// Builds a snapshot from the whole store.
 fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error> {
+    // One read transaction: the version and the rows must agree even while
+    // other instances commit.
+    store.begin_read()?;
+    let snap = load_in_read(store, intern);
+    let end = store.end_read();
+    let snap = snap?;
+    end?;
+    Ok(snap)
+}
+
+fn load_in_read(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error> {
     let (version, changed_at_ms) = store.version()?;
     let mut snap = Snapshot::empty();
     snap.version = version;
@@ -955,7 +1181,7 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
                 }
             }
         }
-        Change::PutUser(u) => put_user_entry(snap, u, intern),
+        Change::PutUser { user: u } => put_user_entry(snap, u, intern),
         Change::DeactivateUser {
             user: u, revoke, ..
         } => {
@@ -975,17 +1201,20 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
             }
             revoke_all(snap, revoke);
         }
-        Change::CreateKeys(keys) => {
+        Change::CreateKeys { keys } => {
             for k in keys {
+                // Planned against an existing user; a key whose user is gone
+                // points at no slot and is refused, as on a full load.
                 let slot = snap
                     .user_slots
                     .get(&k.user_uid)
                     .copied()
-                    .expect("keys are planned against an existing user");
-                let entry = key_entry(k, slot, holders(snap, slot), intern)
-                    .expect("ids of new keys are generated");
-                snap.keys.insert(k.hashed(), entry);
-                snap.live_keys += 1;
+                    .unwrap_or(u32::MAX);
+                // Ids are generated (or checked on import) by scopegate.
+                if let Some(entry) = key_entry(k, slot, holders(snap, slot), intern) {
+                    snap.keys.insert(k.hashed(), entry);
+                    snap.live_keys += 1;
+                }
             }
         }
         Change::RevokeKey { key, .. } => revoke_all(snap, std::slice::from_ref(key)),

@@ -30,6 +30,7 @@ pub mod dense;
 pub mod digest_map;
 pub mod engine;
 pub mod model;
+pub mod postgres;
 pub mod secret;
 pub mod shardmap;
 pub mod snapshot;
@@ -38,6 +39,7 @@ pub mod store;
 pub mod time;
 
 pub use digest_map::DigestMap;
+pub use engine::Followed;
 pub use engine::{
     Applied, Counts, CreatedKey, Decision, DomainInput, Error, ErrorKind, Identity, KeyStore,
     NewKey, UserInput,
@@ -50,4 +52,4 @@ pub use secret::{Digest, Hashed, Locator, Pepper};
 pub use shardmap::ShardMap;
 pub use snapshot::{DomainRef, KeyDomains, Principal, Refusal, Snapshot, Target};
 pub use sqlite::SqliteStore;
-pub use store::{Audit, Change, Store, StoreError};
+pub use store::{Audit, Change, LogEntry, Store, StoreError, Watcher};

@@ -144,7 +144,7 @@ pub struct Domain {
 }
 
 /// A user as the store keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     /// The organisation the user belongs to.
     pub org: String,
@@ -163,7 +163,8 @@ pub struct UserRecord {
 }
 
 /// A key's declared scope, as chosen at creation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum KeyScope {
     /// Every domain of the organisation and organisation-level endpoints
     /// (owners and admins only).
@@ -173,7 +174,7 @@ pub enum KeyScope {
 }
 
 /// Everything the store keeps about a key. Never holds the secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// Public id, e.g. `key_6f1c2a9e4b7d3c10`.
     pub id: String,

@@ -38,6 +38,42 @@ impl Hash for Digest {
     }
 }
 
+/// Digests travel in the change log (never in logs or answers) as 64 hex
+/// characters.
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut hex = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            hex[2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
+            hex[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 15)];
+        }
+        s.serialize_str(std::str::from_utf8(&hex).expect("hex is ASCII"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let bytes = text.as_bytes();
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 32];
+        if bytes.len() != 64 {
+            return Err(serde::de::Error::custom("a digest is 64 hex characters"));
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            match (nibble(bytes[2 * i]), nibble(bytes[2 * i + 1])) {
+                (Some(h), Some(l)) => *o = h << 4 | l,
+                _ => return Err(serde::de::Error::custom("a digest is 64 hex characters")),
+            }
+        }
+        Ok(Digest(out))
+    }
+}
+
 impl Digest {
     /// The first eight bytes, used as the table hash.
     #[inline]
@@ -62,7 +98,8 @@ impl fmt::Debug for Digest {
 /// miss as long as the digest itself). It only says where to look: the
 /// digest is what proves the key. Stored beside the digest; like the digest
 /// it is keyed by the pepper, so the file alone cannot test guesses.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Locator(pub u64);
 
 impl fmt::Debug for Locator {
@@ -82,7 +119,7 @@ impl Locator {
 
 /// A presented secret, checked for format and hashed: what the table is
 /// searched with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hashed {
     /// Where to look.
     pub locator: Locator,

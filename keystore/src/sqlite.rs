@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::model::{Access, Domain, KeyRecord, KeyScope, Role, Status, UserRecord};
-use crate::store::{Audit, Change, Store, StoreError};
+use crate::store::{Audit, Change, LogEntry, Store, StoreError, Watcher};
 use crate::{Digest, Locator};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many
@@ -51,11 +51,17 @@ const MIGRATIONS: &[&str] = &[
     // 2: where each key sits in the key table (a keyed hash of the secret, see
     // `Locator`). Keys stored before have none and are found by digest.
     "ALTER TABLE keys ADD COLUMN locator INTEGER;",
+    // 3: each log entry keeps its change, so other processes on the same file
+    // follow the log instead of diverging (NULL: pruned or too large; a
+    // follower that meets one reloads).
+    "ALTER TABLE changes ADD COLUMN payload TEXT;",
 ];
 
 /// The SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Connection,
+    /// The file, so a follower can open its own connection; `None` in memory.
+    path: Option<std::path::PathBuf>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -65,7 +71,9 @@ fn db(e: rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the store file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        Self::init(Self::connect(path)?)
+        let mut store = Self::init(Self::connect(path)?)?;
+        store.path = Some(path.to_path_buf());
+        Ok(store)
     }
 
     /// Like [`SqliteStore::open`], but refuses a store recorded with another
@@ -83,6 +91,7 @@ impl SqliteStore {
             return Err(StoreError::WrongPepper);
         }
         store.migrate()?;
+        store.path = Some(path.to_path_buf());
         Ok(store)
     }
 
@@ -122,7 +131,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore { conn, path: None })
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -252,7 +261,66 @@ fn revoke_user_keys(
     Ok(())
 }
 
+/// Wakes a follower when another connection commits to the file:
+/// `PRAGMA data_version` changes exactly then, and reading it costs a
+/// shared-memory read in WAL mode, so it is probed every few milliseconds.
+struct DataVersionWatcher {
+    conn: Connection,
+    last: i64,
+}
+
+/// How often [`DataVersionWatcher`] probes: propagation between processes on
+/// one file is bounded by this, not by the poll interval.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl DataVersionWatcher {
+    fn open(path: &Path) -> Result<DataVersionWatcher, StoreError> {
+        let conn = SqliteStore::connect(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        let last = Self::probe(&conn)?;
+        Ok(DataVersionWatcher { conn, last })
+    }
+
+    fn probe(conn: &Connection) -> Result<i64, StoreError> {
+        conn.pragma_query_value(None, "data_version", |r| r.get(0))
+            .map_err(db)
+    }
+}
+
+impl Watcher for DataVersionWatcher {
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<bool, StoreError> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let now = Self::probe(&self.conn)?;
+            if now != self.last {
+                self.last = now;
+                return Ok(true);
+            }
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            std::thread::sleep(left.min(PROBE_EVERY));
+        }
+    }
+}
+
+/// The watcher of a store nobody else can write to.
+struct Sleeper;
+
+impl Watcher for Sleeper {
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<bool, StoreError> {
+        std::thread::sleep(timeout);
+        Ok(false)
+    }
+}
+
 impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn check_pepper(&mut self, fingerprint: &str) -> Result<(), StoreError> {
         match self.stored_fingerprint()? {
             Some(s) if s == fingerprint => Ok(()),
@@ -267,6 +335,14 @@ impl Store for SqliteStore {
                 Ok(())
             }
         }
+    }
+
+    fn begin_read(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN DEFERRED").map_err(db)
+    }
+
+    fn end_read(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT").map_err(db)
     }
 
     fn version(&mut self) -> Result<(u64, i64), StoreError> {
@@ -337,8 +413,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn commit(&mut self, change: &Change, audit: &Audit<'_>) -> Result<u64, StoreError> {
-        let tx = self.conn.transaction().map_err(db)?;
+    fn commit(
+        &mut self,
+        change: &Change,
+        audit: &Audit<'_>,
+        expected: u64,
+    ) -> Result<u64, StoreError> {
+        // IMMEDIATE takes the file's write lock before reading the head of
+        // the log, so no other process can commit between the check and ours.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let actual: i64 = tx
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM changes", [], |r| {
+                r.get(0)
+            })
+            .map_err(db)?;
+        if actual as u64 != expected {
+            return Err(StoreError::Behind {
+                expected,
+                actual: actual as u64,
+            });
+        }
         match change {
             Change::PutOrg { org, uid, domains } => {
                 tx.execute(
@@ -356,7 +453,7 @@ impl Store for SqliteStore {
                         .map_err(db)?;
                 }
             }
-            Change::PutUser(u) => put_user(&tx, u).map_err(db)?,
+            Change::PutUser { user } => put_user(&tx, user).map_err(db)?,
             Change::DeactivateUser { user, at, .. } => {
                 put_user(&tx, user).map_err(db)?;
                 revoke_user_keys(&tx, &user.org, &user.id, *at).map_err(db)?;
@@ -369,7 +466,7 @@ impl Store for SqliteStore {
                 .map_err(db)?;
                 revoke_user_keys(&tx, org, user, *at).map_err(db)?;
             }
-            Change::CreateKeys(keys) => {
+            Change::CreateKeys { keys } => {
                 let mut stmt = tx
                     .prepare(&format!(
                         "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
@@ -405,15 +502,80 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             }
         }
+        let version = expected + 1;
         tx.execute(
-            "INSERT INTO changes (version, at_ms, actor, kind, subject)
-             VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM changes), ?1, ?2, ?3, ?4)",
-            params![audit.at_ms, audit.actor, change.kind(), change.subject()],
+            "INSERT INTO changes (version, at_ms, actor, kind, subject, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                version as i64,
+                audit.at_ms,
+                audit.actor,
+                change.kind(),
+                change.subject(),
+                change.payload()
+            ],
         )
         .map_err(db)?;
-        let version = tx.last_insert_rowid() as u64;
         tx.commit().map_err(db)?;
         Ok(version)
+    }
+
+    fn changes_since(
+        &mut self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<LogEntry>, u64), StoreError> {
+        // One read transaction, so the head and the entries agree.
+        let tx = self.conn.transaction().map_err(db)?;
+        let head: i64 = tx
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM changes", [], |r| {
+                r.get(0)
+            })
+            .map_err(db)?;
+        let mut entries = Vec::new();
+        if head as u64 > after {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT version, at_ms, payload FROM changes WHERE version > ?1
+                     ORDER BY version LIMIT ?2",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![after as i64, limit as i64], |r| {
+                    Ok(LogEntry {
+                        version: r.get::<_, i64>(0)? as u64,
+                        at_ms: r.get(1)?,
+                        change: r
+                            .get::<_, Option<String>>(2)?
+                            .as_deref()
+                            .and_then(Change::from_payload),
+                    })
+                })
+                .map_err(db)?;
+            for row in rows {
+                entries.push(row.map_err(db)?);
+            }
+        }
+        Ok((entries, head as u64))
+    }
+
+    fn watcher(&self) -> Result<Box<dyn Watcher>, StoreError> {
+        match &self.path {
+            Some(path) => Ok(Box::new(DataVersionWatcher::open(path)?)),
+            // Nobody else can write to a store in memory.
+            None => Ok(Box::new(Sleeper)),
+        }
+    }
+
+    fn prune_payloads(&mut self, version: u64) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE changes SET payload = NULL WHERE version <= ?1 AND payload IS NOT NULL",
+                [version as i64],
+            )
+            .map_err(db)?;
+        Ok(n as u64)
     }
 
     fn get_key(&mut self, id: &str) -> Result<Option<KeyRecord>, StoreError> {

@@ -1,10 +1,20 @@
-//! Durable storage behind a trait: the embedded SQLite file today, a
-//! PostgreSQL change log for fleets later.
+//! Durable storage behind a trait: the embedded SQLite file, or one
+//! PostgreSQL database shared by a fleet of instances.
 //!
 //! The contract: [`Store::commit`] returns only once the change is durable,
 //! and returns the new version; if it fails, nothing changed. The version is
 //! the position in the store's ordered change log, so every instance that
 //! follows the same log agrees on what version N means.
+//!
+//! The change log is gap-free and commit-ordered: a commit takes the next
+//! version while holding the store's write lock (SQLite's `BEGIN IMMEDIATE`,
+//! PostgreSQL's counter row `FOR UPDATE`), and only if the log is still at
+//! the version the change was planned against ([`StoreError::Behind`]
+//! otherwise). So a follower that applies `version > last` in order can
+//! never skip a change that committed late, and can tell when one is
+//! missing. Each entry carries the change itself ([`LogEntry::change`]), so
+//! followers apply it without re-reading the tables; an entry whose payload
+//! was pruned (or too large to keep) tells the follower to reload.
 
 use crate::model::{Domain, KeyRecord, UserRecord};
 
@@ -20,10 +30,50 @@ pub enum StoreError {
     /// The store was created with another pepper: every digest would miss.
     #[error("the pepper does not match the one this store was created with (fingerprint mismatch); refusing to open it, because every key would be refused")]
     WrongPepper,
+    /// The database cannot be reached (down, restarting, network): nothing
+    /// changed, and trying again later may work.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// Another instance committed first: the log is past the version the
+    /// change was planned against. Nothing changed; catch up and plan again.
+    #[error("the change log moved on (at version {actual}, change planned against {expected})")]
+    Behind {
+        /// The version the change was planned against.
+        expected: u64,
+        /// The version the log is at.
+        actual: u64,
+    },
+}
+
+/// One entry of the change log, as a follower reads it.
+#[derive(Clone, Debug)]
+pub struct LogEntry {
+    /// Its version: the previous entry's plus one.
+    pub version: u64,
+    /// When it was committed (Unix ms).
+    pub at_ms: i64,
+    /// The change, or `None` when its payload is no longer kept (pruned, too
+    /// large, or written by a scopegate that kept none): the follower must
+    /// reload the whole snapshot.
+    pub change: Option<Change>,
+}
+
+/// A wake-up source for followers: a dedicated connection that hears about
+/// commits as they happen (PostgreSQL LISTEN), or a cheap probe (SQLite's
+/// `PRAGMA data_version`). It only says *when* to look; the log says what
+/// changed.
+pub trait Watcher: Send {
+    /// Waits at most `timeout` for a sign that another writer may have
+    /// committed. `Ok(true)` when woken early by one; `Ok(false)` at the
+    /// timeout. An error means the wake-up source is lost: drop it and open
+    /// a new one with [`Store::watcher`] (then catch up, since wake-ups sent
+    /// meanwhile are gone).
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<bool, StoreError>;
 }
 
 /// One durable change. Each commit is one step of the change log.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     /// Create an organisation or replace its domain list.
     PutOrg {
@@ -35,7 +85,10 @@ pub enum Change {
         domains: Vec<Domain>,
     },
     /// Create or replace a user (role, status, access).
-    PutUser(UserRecord),
+    PutUser {
+        /// The complete new record.
+        user: UserRecord,
+    },
     /// Deactivate a user and revoke every key they created.
     DeactivateUser {
         /// The user record with status deactivated.
@@ -57,7 +110,10 @@ pub enum Change {
         revoke: Vec<crate::Hashed>,
     },
     /// Add keys (one created, or many imported at once).
-    CreateKeys(Vec<KeyRecord>),
+    CreateKeys {
+        /// The new keys.
+        keys: Vec<KeyRecord>,
+    },
     /// Revoke one key.
     RevokeKey {
         /// Public key id.
@@ -74,10 +130,10 @@ impl Change {
     pub fn kind(&self) -> &'static str {
         match self {
             Change::PutOrg { .. } => "put_org",
-            Change::PutUser(_) => "put_user",
+            Change::PutUser { .. } => "put_user",
             Change::DeactivateUser { .. } => "deactivate_user",
             Change::DeleteUser { .. } => "delete_user",
-            Change::CreateKeys(_) => "create_keys",
+            Change::CreateKeys { .. } => "create_keys",
             Change::RevokeKey { .. } => "revoke_key",
         }
     }
@@ -86,11 +142,11 @@ impl Change {
     pub fn subject(&self) -> String {
         match self {
             Change::PutOrg { org, .. } => org.clone(),
-            Change::PutUser(u) | Change::DeactivateUser { user: u, .. } => {
+            Change::PutUser { user: u } | Change::DeactivateUser { user: u, .. } => {
                 format!("{}/{}", u.org, u.id)
             }
             Change::DeleteUser { org, user, .. } => format!("{org}/{user}"),
-            Change::CreateKeys(keys) => match keys.as_slice() {
+            Change::CreateKeys { keys } => match keys.as_slice() {
                 [one] => format!("{}/{}", one.org, one.id),
                 many => format!("{} keys", many.len()),
             },
@@ -108,11 +164,36 @@ pub struct Audit<'a> {
     pub at_ms: i64,
 }
 
+/// Payloads larger than this are not kept in the log (a bulk import of a
+/// million keys would be hundreds of megabytes): followers reload instead.
+pub const MAX_PAYLOAD_BYTES: usize = 4 << 20;
+
+impl Change {
+    /// The payload a log entry keeps: JSON, or `None` when too large.
+    pub fn payload(&self) -> Option<String> {
+        let json = serde_json::to_string(self).expect("a change serialises");
+        (json.len() <= MAX_PAYLOAD_BYTES).then_some(json)
+    }
+
+    /// Reads a payload back. A payload this scopegate cannot read is treated
+    /// like a pruned one (the follower reloads), never guessed at.
+    pub fn from_payload(json: &str) -> Option<Change> {
+        serde_json::from_str(json).ok()
+    }
+}
+
 /// Durable storage of the access model. Implementations need not be `Sync`:
 /// the key store serialises writers.
 pub trait Store: Send {
+    /// `sqlite` or `postgres`, for `/v1/status` and metrics.
+    fn kind(&self) -> &'static str;
     /// Checks (or, on a new store, records) the pepper fingerprint.
     fn check_pepper(&mut self, fingerprint: &str) -> Result<(), StoreError>;
+    /// Starts a read that sees one consistent state until [`Store::end_read`]
+    /// (a whole-snapshot load runs inside one).
+    fn begin_read(&mut self) -> Result<(), StoreError>;
+    /// Ends the read started by [`Store::begin_read`].
+    fn end_read(&mut self) -> Result<(), StoreError>;
     /// The current version and the time of the change that made it (Unix ms).
     fn version(&mut self) -> Result<(u64, i64), StoreError>;
     /// (id, uid, domains) of every organisation.
@@ -121,8 +202,29 @@ pub trait Store: Send {
     fn load_users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
     /// Every key, streamed, so loading a million keys holds one record at a time.
     fn for_each_key(&mut self, f: &mut dyn FnMut(KeyRecord)) -> Result<(), StoreError>;
-    /// Commits one change durably and returns the new version.
-    fn commit(&mut self, change: &Change, audit: &Audit<'_>) -> Result<u64, StoreError>;
+    /// Commits one change durably, as log version `expected + 1`, and returns
+    /// that version. If the log is no longer at `expected` (another instance
+    /// committed first), nothing changes and the answer is
+    /// [`StoreError::Behind`].
+    fn commit(
+        &mut self,
+        change: &Change,
+        audit: &Audit<'_>,
+        expected: u64,
+    ) -> Result<u64, StoreError>;
+    /// Log entries after version `after`, oldest first, at most `limit`, and
+    /// the version the log is at. Entries come without gaps; a follower that
+    /// sees one anyway reloads.
+    fn changes_since(
+        &mut self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<LogEntry>, u64), StoreError>;
+    /// A new wake-up source for a follower (its own connection).
+    fn watcher(&self) -> Result<Box<dyn Watcher>, StoreError>;
+    /// Drops the payloads of entries at or below `version` (the audit columns
+    /// stay). Followers behind that point reload the whole snapshot.
+    fn prune_payloads(&mut self, version: u64) -> Result<u64, StoreError>;
     /// One key by public id.
     fn get_key(&mut self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Keys of an organisation, optionally of one user, oldest first.

@@ -444,6 +444,28 @@ struct FlakyStore {
 }
 
 impl Store for FlakyStore {
+    fn kind(&self) -> &'static str {
+        "flaky"
+    }
+    fn begin_read(&mut self) -> Result<(), StoreError> {
+        self.inner.begin_read()
+    }
+    fn end_read(&mut self) -> Result<(), StoreError> {
+        self.inner.end_read()
+    }
+    fn changes_since(
+        &mut self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<scopegate_keystore::LogEntry>, u64), StoreError> {
+        self.inner.changes_since(after, limit)
+    }
+    fn watcher(&self) -> Result<Box<dyn scopegate_keystore::Watcher>, StoreError> {
+        self.inner.watcher()
+    }
+    fn prune_payloads(&mut self, version: u64) -> Result<u64, StoreError> {
+        self.inner.prune_payloads(version)
+    }
     fn check_pepper(&mut self, fingerprint: &str) -> Result<(), StoreError> {
         self.inner.check_pepper(fingerprint)
     }
@@ -459,12 +481,17 @@ impl Store for FlakyStore {
     fn for_each_key(&mut self, f: &mut dyn FnMut(KeyRecord)) -> Result<(), StoreError> {
         self.inner.for_each_key(f)
     }
-    fn commit(&mut self, change: &Change, audit: &Audit<'_>) -> Result<u64, StoreError> {
+    fn commit(
+        &mut self,
+        change: &Change,
+        audit: &Audit<'_>,
+        expected: u64,
+    ) -> Result<u64, StoreError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Database("injected failure: disk full".into()));
         }
         self.commits.fetch_add(1, Ordering::SeqCst);
-        self.inner.commit(change, audit)
+        self.inner.commit(change, audit, expected)
     }
     fn get_key(&mut self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get_key(id)
@@ -809,8 +836,11 @@ fn keys_stored_before_locators_existed_keep_working() {
     // What schema version 1 wrote: no locator column at all.
     {
         let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch("ALTER TABLE keys DROP COLUMN locator; PRAGMA user_version = 1;")
-            .unwrap();
+        c.execute_batch(
+            "ALTER TABLE keys DROP COLUMN locator; ALTER TABLE changes DROP COLUMN payload;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
     }
     // The wrong pepper is refused before the schema is touched: the older
     // scopegate this store belongs to could still open it.
@@ -825,7 +855,7 @@ fn keys_stored_before_locators_existed_keep_working() {
     assert_eq!(version, 1, "a refused open migrated the store");
     let new = {
         let ks = open(&db);
-        assert_eq!(SqliteStore::open(&db).unwrap().schema_version().unwrap(), 2);
+        assert_eq!(SqliteStore::open(&db).unwrap().schema_version().unwrap(), 3);
         assert!(ks.check(Some(&old_a.secret), read, NOW).outcome.is_ok());
         assert!(ks.check(Some(&old_b.secret), read, NOW).outcome.is_ok());
         let new = ks
