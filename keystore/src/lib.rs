@@ -17,10 +17,13 @@
 //!   copy-on-write shards so a one-key change at a million keys costs
 //!   microseconds, not a table copy;
 //!   [`shardmap`]: the same sharding over hashbrown for users and orgs.
-//! - [`store`]: the durable store trait and its change vocabulary;
-//!   [`sqlite`]: the embedded SQLite implementation.
+//! - [`store`]: the durable store trait, its change vocabulary and the
+//!   gap-free change log; [`sqlite`]: the embedded SQLite implementation;
+//!   [`postgres`]: one PostgreSQL database shared by a fleet.
 //! - [`engine`]: [`KeyStore`], the lock-free reader side and the single writer
-//!   that validates, commits durably, then publishes.
+//!   that catches up with the log, validates, commits durably, then publishes.
+//! - [`follow`]: the thread that keeps an instance's snapshot up to date with
+//!   what other instances commit, and so its freshness.
 // One `unsafe` block in the crate, allowed where it stands: the prefetch hint
 // in `digest_map`.
 #![deny(unsafe_code)]
@@ -29,6 +32,7 @@
 pub mod dense;
 pub mod digest_map;
 pub mod engine;
+pub mod follow;
 pub mod model;
 pub mod postgres;
 pub mod secret;
@@ -44,6 +48,7 @@ pub use engine::{
     Applied, Counts, CreatedKey, Decision, DomainInput, Error, ErrorKind, Identity, KeyStore,
     NewKey, UserInput,
 };
+pub use follow::{FollowEvent, Follower};
 pub use model::{
     canonical_domain, canonical_domain_cow, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role,
     Status, UserRecord,
