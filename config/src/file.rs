@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{ConfigError, Problem};
 use crate::model::{
-    AccessLog, Config, KeyHeader, KeySources, Limits, LogFormat, LogSettings, SecretSources,
+    AccessLog, Config, Fleet, KeyHeader, KeySources, Limits, LogFormat, LogSettings, SecretSources,
     UpstreamGroup,
 };
 use crate::route::{default_routes_for, Messages, PathPattern, Route, SenderSpec, Target};
@@ -37,12 +37,13 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 
 /// Sort key for a problem: top-level section in schema order, then route index.
 fn file_order(key: &str) -> (usize, usize) {
-    const SECTIONS: [&str; 11] = [
+    const SECTIONS: [&str; 12] = [
         "listen",
         "admin_listen",
         "threads",
         "grace_period_ms",
         "store",
+        "fleet",
         "secrets",
         "keys",
         "limits",
@@ -69,6 +70,8 @@ struct RawConfig {
     grace_period_ms: Option<u64>,
     store: Option<String>,
     #[serde(default)]
+    fleet: RawFleet,
+    #[serde(default)]
     secrets: RawSecrets,
     #[serde(default)]
     keys: RawKeys,
@@ -78,6 +81,13 @@ struct RawConfig {
     log: RawLog,
     upstreams: Option<BTreeMap<String, RawUpstream>>,
     routes: Option<Vec<RawRoute>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    poll_interval_ms: Option<u64>,
+    max_staleness_ms: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -167,6 +177,7 @@ impl RawConfig {
             threads,
             grace_period_ms,
             store,
+            fleet,
             secrets,
             keys,
             limits,
@@ -222,6 +233,10 @@ impl RawConfig {
             threads: threads.unwrap_or(d.threads),
             grace_period: ms(grace_period_ms, d.grace_period),
             store: store.map_or(d.store, PathBuf::from),
+            fleet: Fleet {
+                poll_interval: ms(fleet.poll_interval_ms, d.fleet.poll_interval),
+                max_staleness: ms(fleet.max_staleness_ms, d.fleet.max_staleness),
+            },
             secrets: secrets.into_sources(d.secrets),
             keys: keys.into_sources(d.keys),
             limits,
@@ -489,6 +504,24 @@ mod tests {
 
     fn problems(text: &str) -> Vec<Problem> {
         Config::from_toml_str(text, "t.toml").unwrap_err().problems
+    }
+
+    #[test]
+    fn fleet_settings_parse_and_staleness_must_outlast_a_poll() {
+        let c = Config::from_toml_str(
+            "store = \"postgres://sg@db:5432/keys\"\n[fleet]\npoll_interval_ms = 200\nmax_staleness_ms = 1500\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.store_is_postgres());
+        assert_eq!(c.fleet.poll_interval, Duration::from_millis(200));
+        assert_eq!(c.fleet.max_staleness, Duration::from_millis(1500));
+        let p = problems("[fleet]\npoll_interval_ms = 1000\nmax_staleness_ms = 1000\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "fleet.max_staleness_ms");
+        assert!(p[0].message.contains("longer than fleet.poll_interval_ms"));
+        let p = problems("[fleet]\npoll_interval_ms = 0\npoll_interval = 5\n");
+        assert_eq!(p[0].key, "fleet.poll_interval");
     }
 
     #[test]

@@ -48,7 +48,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    AccessLog, Config, KeyHeader, KeySources, Limits, LogFormat, LogSettings, SecretSources,
+    AccessLog, Config, Fleet, KeyHeader, KeySources, Limits, LogFormat, LogSettings, SecretSources,
     UpstreamGroup,
 };
 pub use overrides::Overrides;

@@ -27,8 +27,11 @@ pub struct Config {
     pub threads: usize,
     /// `grace_period_ms`: how long SIGTERM lets in-flight requests drain.
     pub grace_period: Duration,
-    /// `store`: the SQLite file holding organisations, users and keys.
+    /// `store`: the SQLite file holding organisations, users and keys, or a
+    /// `postgres://` URL of the database a fleet of instances shares.
     pub store: PathBuf,
+    /// `[fleet]`: how an instance follows the change log others write to.
+    pub fleet: Fleet,
     /// `[secrets]`: where the pepper and admin tokens come from (never the values).
     pub secrets: SecretSources,
     /// `[keys]`: where API keys are read from on each request.
@@ -52,6 +55,7 @@ impl Default for Config {
             threads: 0,
             grace_period: Duration::from_millis(5000),
             store: PathBuf::from("scopegate.db"),
+            fleet: Fleet::default(),
             secrets: SecretSources::default(),
             keys: KeySources::default(),
             log: LogSettings::default(),
@@ -207,6 +211,53 @@ impl Default for Limits {
     }
 }
 
+/// How an instance follows the store's change log (every instance does:
+/// processes sharing one SQLite file as much as a fleet on PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fleet {
+    /// `poll_interval_ms`: how often the log is read even without a wake-up;
+    /// bounds what a lost wake-up costs and how often freshness is confirmed.
+    pub poll_interval: Duration,
+    /// `max_staleness_ms`: past this long without confirming the snapshot
+    /// against the store, the proxy answers 503 instead of trusting it.
+    pub max_staleness: Duration,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet {
+            poll_interval: Duration::from_millis(500),
+            max_staleness: Duration::from_millis(5000),
+        }
+    }
+}
+
+impl Config {
+    /// Whether `store` names a PostgreSQL database rather than a file.
+    pub fn store_is_postgres(&self) -> bool {
+        let s = self.store.to_string_lossy();
+        s.starts_with("postgres://") || s.starts_with("postgresql://")
+    }
+
+    /// `store` as it may be shown in logs and answers: a URL's password is
+    /// replaced by `***`.
+    pub fn store_display(&self) -> String {
+        let s = self.store.to_string_lossy().into_owned();
+        if !self.store_is_postgres() {
+            return s;
+        }
+        let (scheme, rest) = s.split_once("://").unwrap_or(("", &s));
+        let (auth, host) = match rest.rsplit_once('@') {
+            Some(parts) => parts,
+            None => return s,
+        };
+        match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => s,
+        }
+    }
+}
+
 /// Access log settings.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogSettings {
@@ -284,6 +335,18 @@ impl UpstreamGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_url_is_shown_without_its_password() {
+        let mut c = Config::default();
+        assert!(!c.store_is_postgres());
+        assert_eq!(c.store_display(), "scopegate.db");
+        c.store = "postgres://sg:s3cr%40t@db.internal:5432/keys".into();
+        assert!(c.store_is_postgres());
+        assert_eq!(c.store_display(), "postgres://sg:***@db.internal:5432/keys");
+        c.store = "postgresql://sg@db/keys".into();
+        assert_eq!(c.store_display(), "postgresql://sg@db/keys");
+    }
 
     #[test]
     fn effective_threads_resolves_zero_to_the_cpu_count() {

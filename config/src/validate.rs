@@ -71,7 +71,31 @@ impl Config {
         }
         out.millis("grace_period_ms", self.grace_period, 0, TEN_MINUTES_MS);
         if self.store.as_os_str().is_empty() {
-            out.push("store", "must name the SQLite file");
+            out.push(
+                "store",
+                "must name the SQLite file or a postgres://user@host:port/db URL",
+            );
+        }
+        out.millis(
+            "fleet.poll_interval_ms",
+            self.fleet.poll_interval,
+            10,
+            60_000,
+        );
+        out.millis(
+            "fleet.max_staleness_ms",
+            self.fleet.max_staleness,
+            100,
+            TEN_MINUTES_MS,
+        );
+        if self.fleet.max_staleness <= self.fleet.poll_interval {
+            out.push(
+                "fleet.max_staleness_ms",
+                format!(
+                    "must be longer than fleet.poll_interval_ms ({} ms), or every instance fails closed between two polls",
+                    self.fleet.poll_interval.as_millis()
+                ),
+            );
         }
         check_secrets(&self.secrets, &mut out);
         check_keys(&self.keys, &self.routes, &mut out);
