@@ -9,10 +9,17 @@ cd "$(dirname "$0")"
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# The PostgreSQL tests start throwaway clusters with Debian's server binaries
+# (/usr/lib/postgresql/<version>/bin) unless SCOPEGATE_TEST_DATABASE_URL names
+# a server to use instead.
+if [ "${1:-}" = test ] && [ -z "${SCOPEGATE_TEST_DATABASE_URL:-}" ] \
+  && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  need_apt+=(postgresql)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  echo "run.sh: installing ${need_apt[*]} (needed to build Pingora)" >&2
+  echo "run.sh: installing ${need_apt[*]} (needed to build Pingora and to test against PostgreSQL)" >&2
   $sudo apt-get install -y "${need_apt[@]}" >/dev/null 2>&1 \
     || { $sudo apt-get update >/dev/null && $sudo apt-get install -y "${need_apt[@]}"; }
 fi

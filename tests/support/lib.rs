@@ -4,6 +4,7 @@
 
 pub mod gateway;
 pub mod http;
+pub mod pg;
 pub mod population;
 pub mod sample;
 
