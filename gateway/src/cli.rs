@@ -29,16 +29,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// A newcomer's first run: gateway, mock upstreams and a sample
     /// organisation, then requests admitted and refused with the reason.
-    Demo(crate::demo::DemoArgs),
+    Demo(crate::tools::demo::DemoArgs),
     /// The decision for one request, offline, from a store.
     Check(CheckArgs),
     /// The admin API from the shell.
-    Admin(crate::admin_cli::AdminArgs),
+    Admin(crate::admin::client::AdminArgs),
     /// Run the bundled mock of the sending/domain APIs (used by the demo).
     MockUpstream(MockArgs),
     /// Load-test key checks: a gateway, an auditing upstream, a key
     /// population and revocations during the load; fails if anything leaked.
-    Loadtest(crate::loadtest::LoadtestArgs),
+    Loadtest(crate::tools::loadtest::LoadtestArgs),
 }
 
 /// Flags shared by `serve` and `check`: they override the config file.
@@ -205,7 +205,7 @@ fn check(args: CheckArgs) -> anyhow::Result<i32> {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         None => Vec::new(),
     };
-    let d = crate::offline::decide(&config, &keystore, &args.method, &args.path, &key, &body)?;
+    let d = crate::tools::offline::decide(&config, &keystore, &args.method, &args.path, &key, &body)?;
     println!("{d}");
     Ok(if d.admitted { 0 } else { 1 })
 }
@@ -215,12 +215,12 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(a) => serve(a),
-        Command::Demo(a) => crate::demo::run(a),
+        Command::Demo(a) => crate::tools::demo::run(a),
         Command::Check(a) => check(a),
-        Command::Admin(a) => crate::admin_cli::run(a),
-        Command::Loadtest(a) => crate::loadtest::run(a),
+        Command::Admin(a) => crate::admin::client::run(a),
+        Command::Loadtest(a) => crate::tools::loadtest::run(a),
         Command::MockUpstream(a) => {
-            crate::mock::run_standalone(&a.name, a.listen, a.quiet, a.fixed_response)
+            crate::tools::mock::run_standalone(&a.name, a.listen, a.quiet, a.fixed_response)
                 .map(|()| 0)
                 .map_err(Into::into)
         }

@@ -17,9 +17,9 @@ use scopegate_config::{Config, Overrides, Secrets};
 use scopegate_keystore::KeyStore;
 use tokio::sync::watch;
 
-use crate::accesslog::AccessLog;
-use crate::metrics::Metrics;
-use crate::routing::Routing;
+use crate::ops::accesslog::AccessLog;
+use crate::ops::metrics::Metrics;
+use crate::request::routing::Routing;
 use crate::State;
 
 /// Everything [`run`] needs.
@@ -229,7 +229,7 @@ pub fn run_with_state(
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        crate::proxy::Proxy {
+        crate::request::proxy::Proxy {
             state: Arc::clone(&state),
         },
         "scopegate-proxy",
@@ -239,7 +239,7 @@ pub fn run_with_state(
 
     let mut admin = Service::new(
         "scopegate-admin".to_string(),
-        crate::admin::AdminApp {
+        crate::admin::api::AdminApp {
             state: Arc::clone(&state),
         },
     );
@@ -255,7 +255,7 @@ pub fn run_with_state(
     ));
     server.add_service(background_service(
         "scopegate-reload",
-        crate::admin::ReloadOnHup {
+        crate::admin::api::ReloadOnHup {
             state: Arc::clone(&state),
         },
     ));

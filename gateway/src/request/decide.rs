@@ -17,12 +17,12 @@ use pingora::proxy::Session;
 use scopegate_config::{SenderSpec, Target as RouteTarget};
 use scopegate_keystore::{Access, DomainRef, Hashed, KeyStore, Principal, Refusal, Target};
 
-use crate::canon;
-use crate::keys::{self, Presented};
-use crate::metrics::{Metrics, Outcome};
-use crate::proxy::{content_length, Ctx};
-use crate::respond::Reply;
-use crate::routing::Routing;
+use crate::request::canon;
+use crate::request::keys::{self, Presented};
+use crate::ops::metrics::{Metrics, Outcome};
+use crate::request::proxy::{content_length, Ctx};
+use crate::request::respond::Reply;
+use crate::request::routing::Routing;
 use crate::State;
 
 /// What `request_filter` should do.
@@ -59,7 +59,7 @@ fn refuse_scope(r: Refusal) -> Verdict {
 }
 
 /// Sets the identity header values the upstream receives for an admitted
-/// key, in the order of [`crate::routing::Identity::names`]. The values are
+/// key, in the order of [`crate::request::routing::Identity::names`]. The values are
 /// written into one buffer and share it (one allocation, and cloning them
 /// for the upstream request is a reference count); the role is static.
 fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64) {
@@ -295,7 +295,7 @@ pub async fn decide(
     if body.len() <= REPLAY_LIMIT {
         return Ok(Verdict::Forward);
     }
-    crate::forward::forward_buffered(state, session, ctx, body).await?;
+    crate::request::forward::forward_buffered(state, session, ctx, body).await?;
     Ok(Verdict::Answered)
 }
 
@@ -456,7 +456,7 @@ pub fn check_senders(
     body: &[u8],
     spec: &SenderSpec,
 ) -> std::result::Result<(), Verdict> {
-    let domains = crate::sender::sender_domains(body, spec).map_err(|e| {
+    let domains = crate::request::sender::sender_domains(body, spec).map_err(|e| {
         let reply = if e.status() == 400 {
             Reply::BadRequest(e.code(), e.message())
         } else {

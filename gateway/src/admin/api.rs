@@ -24,8 +24,8 @@ use scopegate_keystore::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::respond::error_json;
-use crate::routing::Routing;
+use crate::request::respond::error_json;
+use crate::request::routing::Routing;
 use crate::State;
 
 /// The admin service.
@@ -504,7 +504,7 @@ impl AdminApp {
 }
 
 fn percent_decode(s: &str) -> String {
-    crate::canon::canonicalize(&format!("/{s}"))
+    crate::request::canon::canonicalize(&format!("/{s}"))
         .ok()
         .and_then(|c| c.segments.into_iter().next().map(|s| s.into_owned()))
         .unwrap_or_else(|| s.to_string())
@@ -532,7 +532,7 @@ async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Vec<u8>, A
             format!("admin request bodies are limited to {limit} bytes"),
         )
     };
-    if crate::proxy::content_length(session.req_header()).is_some_and(|n| n > limit) {
+    if crate::request::proxy::content_length(session.req_header()).is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let mut body = Vec::new();
@@ -618,7 +618,7 @@ impl ServeHttp for AdminApp {
             }
         };
         let full = format!("/{rest}");
-        let segs = match crate::canon::canonicalize(&full) {
+        let segs = match crate::request::canon::canonicalize(&full) {
             Ok(c) => c.segments,
             Err(e) => {
                 return response(Answer::error(

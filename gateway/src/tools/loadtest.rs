@@ -1782,7 +1782,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
             continue;
         };
         let path = format!("/domains/{}", DOMAINS[k.domain as usize]);
-        let d = crate::offline::decide(&config, &ks, "GET", &path, &k.secret, b"")?;
+        let d = crate::tools::offline::decide(&config, &ks, "GET", &path, &k.secret, b"")?;
         ensure!(
             d.admitted == want,
             "with this config GET {path} with a{} key is {d}: the load test needs the default /domains/{{domain}} route",

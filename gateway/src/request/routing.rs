@@ -9,7 +9,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::{health_check::TcpHealthCheck, LoadBalancer};
 use scopegate_config::{Config, Route, UpstreamGroup};
 
-use crate::metrics::RouteMetrics;
+use crate::ops::metrics::RouteMetrics;
 
 /// One upstream group: its backends, round-robin selection and health.
 pub struct Group {
@@ -85,7 +85,7 @@ pub struct Routing {
     /// Identity header names.
     pub identity: Identity,
     /// Where keys are read from, with the header names parsed.
-    pub key_headers: crate::keys::KeyHeaders,
+    pub key_headers: crate::request::keys::KeyHeaders,
 }
 
 /// A route that matched, with the captured `{domain}` segment.
@@ -100,7 +100,7 @@ pub struct Matched<'r, 'p> {
 
 impl Routing {
     /// Builds groups (resolving backend addresses) and routes.
-    pub fn build(config: Config, metrics: &crate::metrics::Metrics) -> Result<Routing, String> {
+    pub fn build(config: Config, metrics: &crate::ops::metrics::Metrics) -> Result<Routing, String> {
         let mut groups = BTreeMap::new();
         for (name, settings) in &config.upstreams {
             metrics.register_upstream(name);
@@ -142,7 +142,7 @@ impl Routing {
             });
         }
         Ok(Routing {
-            key_headers: crate::keys::KeyHeaders::new(&config.keys)
+            key_headers: crate::request::keys::KeyHeaders::new(&config.keys)
                 .map_err(|e| format!("keys.headers: {e}"))?,
             unmatched: metrics.route("unmatched"),
             identity: Identity::new(&config.keys.identity_prefix),

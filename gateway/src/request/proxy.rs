@@ -1,5 +1,5 @@
 //! The Pingora `ProxyHttp` implementation: one short method per phase; the
-//! decisions live in [`crate::decide`].
+//! decisions live in [`crate::request::decide`].
 //!
 //! Everything refused is refused in `request_filter`, before Pingora picks a
 //! peer: the upstream never sees a request the gateway did not fully check.
@@ -14,10 +14,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::accesslog::{mask_keys, Entry};
-use crate::metrics::Outcome;
-use crate::respond::Reply;
-use crate::routing::{Group, Routing};
+use crate::ops::accesslog::{mask_keys, Entry};
+use crate::ops::metrics::Outcome;
+use crate::request::respond::Reply;
+use crate::request::routing::{Group, Routing};
 use crate::State;
 
 /// Per-request state carried between phases.
@@ -44,7 +44,7 @@ pub struct Ctx {
     /// Organisation of the key.
     pub org: Option<std::sync::Arc<str>>,
     /// Identity header values to add upstream, in the order of the names in
-    /// [`crate::routing::Identity`]; an `Err` when a value cannot be a header
+    /// [`crate::request::routing::Identity`]; an `Err` when a value cannot be a header
     /// value (the request then fails rather than reach the upstream without it).
     pub identity:
         Option<std::result::Result<[http::HeaderValue; 6], http::header::InvalidHeaderValue>>,
@@ -177,10 +177,10 @@ impl ProxyHttp for Proxy {
             ctx.outcome = Some(Outcome::Admitted);
             return Ok(false);
         }
-        match crate::decide::decide(&self.state, &routing, session, ctx).await? {
-            crate::decide::Verdict::Forward => Ok(false),
-            crate::decide::Verdict::Answered => Ok(true),
-            crate::decide::Verdict::Refuse(reply, outcome, reason) => {
+        match crate::request::decide::decide(&self.state, &routing, session, ctx).await? {
+            crate::request::decide::Verdict::Forward => Ok(false),
+            crate::request::decide::Verdict::Answered => Ok(true),
+            crate::request::decide::Verdict::Refuse(reply, outcome, reason) => {
                 self.refuse(session, ctx, reply, outcome, reason).await
             }
         }
@@ -216,7 +216,7 @@ impl ProxyHttp for Proxy {
             .group
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream group decided"))?;
-        let peer = crate::forward::peer_for(&group)?;
+        let peer = crate::request::forward::peer_for(&group)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(peer)
     }
@@ -236,7 +236,7 @@ impl ProxyHttp for Proxy {
         if self.state.passthrough.is_some() {
             return Ok(());
         }
-        crate::forward::rewrite_request(upstream_request, ctx, routing)
+        crate::request::forward::rewrite_request(upstream_request, ctx, routing)
     }
 
     /// Records the upstream's response time.
@@ -276,7 +276,7 @@ impl ProxyHttp for Proxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let failure = match e.esource() {
             ErrorSource::Downstream => None,
-            _ => Some(crate::forward::upstream_failure(e)),
+            _ => Some(crate::request::forward::upstream_failure(e)),
         };
         if ctx.outcome == Some(Outcome::Admitted) || ctx.outcome.is_none() {
             ctx.outcome = Some(Outcome::UpstreamError);
@@ -361,8 +361,8 @@ impl ProxyHttp for Proxy {
 /// only when a line is written, never on the request path.
 pub fn log_path(req: &RequestHeader) -> String {
     let raw = req.uri.path();
-    match crate::canon::canonicalize(raw) {
-        Ok(c) => mask_keys(&crate::canon::encode(c.segments.iter().map(|s| s.as_ref()))),
+    match crate::request::canon::canonicalize(raw) {
+        Ok(c) => mask_keys(&crate::request::canon::encode(c.segments.iter().map(|s| s.as_ref()))),
         Err(_) => mask_keys(&raw.chars().take(256).collect::<String>()),
     }
 }

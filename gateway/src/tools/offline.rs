@@ -8,10 +8,10 @@ use pingora::http::RequestHeader;
 use scopegate_config::Config;
 use scopegate_keystore::KeyStore;
 
-use crate::decide::{check_senders, decide_head, Head, Verdict};
-use crate::metrics::Metrics;
-use crate::proxy::Ctx;
-use crate::routing::Routing;
+use crate::request::decide::{check_senders, decide_head, Head, Verdict};
+use crate::ops::metrics::Metrics;
+use crate::request::proxy::Ctx;
+use crate::request::routing::Routing;
 
 /// The outcome of an offline check.
 pub struct Decision {
@@ -73,7 +73,7 @@ pub fn decide(
         req.insert_header(h.name.clone(), value)?;
     }
     let mut ctx = Ctx::new();
-    let refused = |r: crate::respond::Reply, o: crate::metrics::Outcome, why| Decision {
+    let refused = |r: crate::request::respond::Reply, o: crate::ops::metrics::Outcome, why| Decision {
         admitted: false,
         status: r.status(),
         decision: o.as_str(),
@@ -86,10 +86,10 @@ pub fn decide(
         Head::Forward => {}
         Head::NeedBody { key, spec, limit } => {
             if body.len() as u64 > limit {
-                let r = crate::respond::Reply::TooLarge;
+                let r = crate::request::respond::Reply::TooLarge;
                 return Ok(refused(
                     r,
-                    crate::metrics::Outcome::TooLarge,
+                    crate::ops::metrics::Outcome::TooLarge,
                     Some("content_length"),
                 ));
             }

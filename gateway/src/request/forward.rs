@@ -11,10 +11,10 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::Session;
 use pingora::ErrorType;
 
-use crate::metrics::Outcome;
-use crate::proxy::{write_reply, Ctx};
-use crate::respond::Reply;
-use crate::routing::{Group, Routing};
+use crate::ops::metrics::Outcome;
+use crate::request::proxy::{write_reply, Ctx};
+use crate::request::respond::Reply;
+use crate::request::routing::{Group, Routing};
 use crate::State;
 
 /// A peer for the next healthy backend of a group, round robin, with the
@@ -165,7 +165,7 @@ pub async fn forward_buffered(
             log::warn!(
                 "upstream {} failed for {}: {e}",
                 group.name,
-                crate::proxy::log_path(session.req_header())
+                crate::request::proxy::log_path(session.req_header())
             );
             ctx.outcome = Some(Outcome::UpstreamError);
             ctx.status = reply.status();
@@ -209,7 +209,7 @@ mod tests {
     fn routing() -> Routing {
         Routing::build(
             scopegate_config::Config::default(),
-            &crate::metrics::Metrics::new(),
+            &crate::ops::metrics::Metrics::new(),
         )
         .unwrap()
     }
@@ -300,7 +300,7 @@ mod tests {
     fn the_key_header_is_forwarded_only_when_configured() {
         let mut config = scopegate_config::Config::default();
         config.keys.forward_key_header = true;
-        let routing = Routing::build(config, &crate::metrics::Metrics::new()).unwrap();
+        let routing = Routing::build(config, &crate::ops::metrics::Metrics::new()).unwrap();
         let mut ctx = Ctx::new();
         ctx.identity = Some(Ok(identity()));
         let mut req = downstream();
