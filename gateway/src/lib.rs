@@ -21,32 +21,12 @@
 //!   bundled mock of the sending and domain APIs.
 #![forbid(unsafe_code)]
 
-pub mod admin {
-    pub mod api;
-    pub mod client;
-}
+pub mod admin;
 pub mod cli;
-pub mod ops {
-    pub mod accesslog;
-    pub mod metrics;
-}
-pub mod request {
-    pub mod canon;
-    pub mod decide;
-    pub mod forward;
-    pub mod keys;
-    pub mod proxy;
-    pub mod respond;
-    pub mod routing;
-    pub mod sender;
-}
+pub mod ops;
+pub mod request;
 pub mod server;
-pub mod tools {
-    pub mod demo;
-    pub mod loadtest;
-    pub mod mock;
-    pub mod offline;
-}
+pub mod tools;
 
 // The paths tests/ and benches/ were written against.
 pub use ops::{accesslog, metrics};

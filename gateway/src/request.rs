@@ -1,0 +1,27 @@
+//! The per-request path: everything a proxied request passes through, in
+//! the order it passes.
+//!
+//! 1. [`canon`]: the canonical path, decoded once; ambiguity is refused.
+//! 2. [`routing`]: the route and upstream group for a method and path, per
+//!    config version.
+//! 3. [`keys`]: the API key a request presents (headers or query).
+//! 4. [`sender`]: the From domains of a send body.
+//! 5. [`decide`]: the decision, a synchronous function of the key store's
+//!    snapshot, the routing, the request head and (for sends) the body; every
+//!    DESIGN rule about who may do what is enforced from here.
+//! 6. [`forward`]: the upstream peer, the rewritten request, and the
+//!    gateway's own path for bodies past Pingora's replay buffer.
+//! 7. [`respond`]: every status and JSON error body the gateway writes.
+//! 8. [`proxy`]: the Pingora `ProxyHttp` phases, which call the above.
+//!
+//! May use: [`crate::ops`] (metrics, access log), the key store, the config
+//! and Pingora. Never `admin`, `tools`, `server` or `cli`: they sit above.
+
+pub mod canon;
+pub mod decide;
+pub mod forward;
+pub mod keys;
+pub mod proxy;
+pub mod respond;
+pub mod routing;
+pub mod sender;
