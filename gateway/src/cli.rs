@@ -205,7 +205,8 @@ fn check(args: CheckArgs) -> anyhow::Result<i32> {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         None => Vec::new(),
     };
-    let d = crate::tools::offline::decide(&config, &keystore, &args.method, &args.path, &key, &body)?;
+    let d =
+        crate::tools::offline::decide(&config, &keystore, &args.method, &args.path, &key, &body)?;
     println!("{d}");
     Ok(if d.admitted { 0 } else { 1 })
 }

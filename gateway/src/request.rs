@@ -12,16 +12,25 @@
 //! 6. [`forward`]: the upstream peer, the rewritten request, and the
 //!    gateway's own path for bodies past Pingora's replay buffer.
 //! 7. [`respond`]: every status and JSON error body the gateway writes.
-//! 8. [`proxy`]: the Pingora `ProxyHttp` phases, which call the above.
+//! 8. [`proxy`]: the Pingora `ProxyHttp` phases, which call the above, and
+//!    [`body`]: reading a send body to inspect, bounded by size and time.
+//!
+//! Below the phases: [`ctx`], the per-request state they share; [`head`],
+//! the request's Content-Length and logged path; [`state`], what every part
+//! of a running gateway shares.
 //!
 //! May use: [`crate::ops`] (metrics, access log), the key store, the config
 //! and Pingora. Never `admin`, `tools`, `server` or `cli`: they sit above.
 
+pub mod body;
 pub mod canon;
+pub mod ctx;
 pub mod decide;
 pub mod forward;
+pub mod head;
 pub mod keys;
 pub mod proxy;
 pub mod respond;
 pub mod routing;
 pub mod sender;
+pub mod state;

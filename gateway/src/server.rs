@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::ops::accesslog::AccessLog;
 use crate::ops::metrics::Metrics;
 use crate::request::routing::Routing;
-use crate::State;
+use crate::request::state::State;
 
 /// Everything [`run`] needs.
 pub struct Launch {

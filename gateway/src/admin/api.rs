@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::request::respond::error_json;
 use crate::request::routing::Routing;
-use crate::State;
+use crate::request::state::State;
 
 /// The admin service.
 pub struct AdminApp {
@@ -532,7 +532,7 @@ async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Vec<u8>, A
             format!("admin request bodies are limited to {limit} bytes"),
         )
     };
-    if crate::request::proxy::content_length(session.req_header()).is_some_and(|n| n > limit) {
+    if crate::request::head::content_length(session.req_header()).is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let mut body = Vec::new();

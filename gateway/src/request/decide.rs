@@ -6,24 +6,28 @@
 //! is read, so unauthenticated clients cannot make the gateway buffer
 //! megabytes; a send body is checked against the snapshot current *after* it
 //! arrived, so a revocation during a slow upload still applies.
+//!
+//! No I/O here: [`decide_head`] and [`check_senders`] are synchronous
+//! functions of the key store's current snapshot, the routing, the request
+//! head and the body, so tests, `scopegate check` and the benches call them
+//! without a server. [`crate::request::proxy`] reads the body between the
+//! two, and forwards bodies too large to replay.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::HeaderValue;
 use pingora::http::RequestHeader;
-use pingora::prelude::*;
-use pingora::proxy::Session;
 use scopegate_config::{SenderSpec, Target as RouteTarget};
 use scopegate_keystore::{Access, DomainRef, Hashed, KeyStore, Principal, Refusal, Target};
 
-use crate::request::canon;
-use crate::request::keys::{self, Presented};
 use crate::ops::metrics::{Metrics, Outcome};
-use crate::request::proxy::{content_length, Ctx};
+use crate::request::canon;
+use crate::request::ctx::Ctx;
+use crate::request::head::content_length;
+use crate::request::keys::{self, Presented};
 use crate::request::respond::Reply;
 use crate::request::routing::Routing;
-use crate::State;
 
 /// What `request_filter` should do.
 pub enum Verdict {
@@ -34,11 +38,6 @@ pub enum Verdict {
     /// Answer with this refusal.
     Refuse(Reply, Outcome, Option<&'static str>),
 }
-
-/// Bodies up to this size are replayed upstream by Pingora's retry buffer;
-/// larger ones take the gateway's own forwarding path (the buffer is
-/// hard-limited to 64 KiB in Pingora 0.9 and silently drops the body beyond).
-pub const REPLAY_LIMIT: usize = 64 * 1024;
 
 fn refuse_key(metrics: &Metrics, r: Refusal) -> Verdict {
     if r == Refusal::MissingKey {
@@ -266,39 +265,6 @@ pub fn decide_head(
     }
 }
 
-/// Decides one request; see the module documentation for the order.
-pub async fn decide(
-    state: &State,
-    routing: &Routing,
-    session: &mut Session,
-    ctx: &mut Ctx,
-) -> Result<Verdict> {
-    let (key, spec, limit) = match decide_head(
-        &state.keystore,
-        &state.metrics,
-        routing,
-        session.req_header(),
-        ctx,
-    ) {
-        Head::Refuse(r, o, why) => return Ok(Verdict::Refuse(r, o, why)),
-        Head::Forward => return Ok(Verdict::Forward),
-        Head::NeedBody { key, spec, limit } => (key, spec, limit),
-    };
-    let timeout = routing.config.limits.body_read_timeout;
-    let body = match read_body(session, ctx, limit, timeout).await? {
-        Ok(b) => b,
-        Err(v) => return Ok(v),
-    };
-    if let Err(v) = check_senders(&state.keystore, &state.metrics, ctx, &key, &body, &spec) {
-        return Ok(v);
-    }
-    if body.len() <= REPLAY_LIMIT {
-        return Ok(Verdict::Forward);
-    }
-    crate::request::forward::forward_buffered(state, session, ctx, body).await?;
-    Ok(Verdict::Answered)
-}
-
 /// A request whose body framing two parsers could read differently is
 /// refused (RFC 9112 §6.3: smuggling lives here): Transfer-Encoding together
 /// with Content-Length, a transfer coding other than plain `chunked`, or
@@ -383,70 +349,6 @@ fn upstream_uri(
     Some(uri)
 }
 
-/// Reads a body to inspect, bounded by size and time. `Ok(Err(verdict))`
-/// is a refusal (413, 408).
-async fn read_body(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    limit: u64,
-    timeout: Duration,
-) -> Result<std::result::Result<Bytes, Verdict>> {
-    if content_length(session.req_header()).is_some_and(|n| n > limit) {
-        return Ok(Err(Verdict::Refuse(
-            Reply::TooLarge,
-            Outcome::TooLarge,
-            Some("content_length"),
-        )));
-    }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session.write_continue_response().await?;
-    }
-    session.enable_retry_buffering();
-    let mut buf = BytesMut::with_capacity(
-        content_length(session.req_header())
-            .map(|n| n as usize)
-            .unwrap_or(16 * 1024)
-            .min(limit as usize),
-    );
-    let read = async {
-        while let Some(chunk) = session.read_request_body().await? {
-            if buf.len() + chunk.len() > limit as usize {
-                return Ok::<_, Box<Error>>(false);
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(true)
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Err(_) => {
-            ctx.bytes_in = buf.len();
-            Ok(Err(Verdict::Refuse(
-                Reply::BodyTimeout,
-                Outcome::BodyTimeout,
-                Some("body_timeout"),
-            )))
-        }
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(false)) => {
-            ctx.bytes_in = buf.len();
-            Ok(Err(Verdict::Refuse(
-                Reply::TooLarge,
-                Outcome::TooLarge,
-                Some("body_stream"),
-            )))
-        }
-        Ok(Ok(true)) => {
-            ctx.bytes_in = buf.len();
-            Ok(Ok(buf.freeze()))
-        }
-    }
-}
-
 /// Every From domain must be writable by the key, per the snapshot current now.
 pub fn check_senders(
     keystore: &KeyStore,
@@ -493,4 +395,86 @@ pub fn check_senders(
     }
     admit(ctx, &principal, snap.version);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use scopegate_config::Config;
+    use scopegate_keystore::{DomainInput, NewKey, Pepper, Role, UserInput};
+
+    use super::*;
+
+    /// A store with one member who may write `example.com`, and a key of
+    /// theirs that may only read it.
+    fn read_only_key() -> (KeyStore, String) {
+        let ks = KeyStore::in_memory(Pepper::new(b"decide-test-pepper-0123456789ab"));
+        let domains = [DomainInput {
+            name: "example.com".into(),
+            id: Some(7),
+        }];
+        ks.put_org("test", "acme", &domains).unwrap();
+        let access = BTreeMap::from([("example.com".to_string(), Access::ReadWrite)]);
+        let member = UserInput {
+            role: Role::Member,
+            access,
+            status: None,
+        };
+        ks.put_user("test", "acme", "ann@acme.test", member)
+            .unwrap();
+        let key = NewKey {
+            user: "ann@acme.test".into(),
+            domains: Some(vec!["example.com".into()]),
+            access: Some(Access::Read),
+            ..NewKey::default()
+        };
+        let now = scopegate_keystore::time::now();
+        let created = ks.create_key("test", "acme", key, now).unwrap();
+        (ks, created.value.secret)
+    }
+
+    fn head(method: &str, path: &str, secret: &str) -> RequestHeader {
+        let mut h = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        h.insert_header("Authorization", format!("Bearer {secret}"))
+            .unwrap();
+        h
+    }
+
+    /// DESIGN: a read-only key may read its domain but not change it, and
+    /// may not send from it; decided with no server and no socket.
+    #[test]
+    fn a_read_only_key_may_read_but_not_write_or_send() {
+        let (ks, secret) = read_only_key();
+        let metrics = Metrics::new();
+        let routing = Routing::build(Config::default(), &metrics).unwrap();
+        let decide = |method, path| {
+            let mut ctx = Ctx::new();
+            let head = decide_head(
+                &ks,
+                &metrics,
+                &routing,
+                &head(method, path, &secret),
+                &mut ctx,
+            );
+            (head, ctx)
+        };
+
+        assert!(matches!(
+            decide("GET", "/domains/example.com").0,
+            Head::Forward
+        ));
+        match decide("PUT", "/domains/example.com").0 {
+            Head::Refuse(Reply::ReadOnly, Outcome::Forbidden, _) => {}
+            _ => panic!("a read-only key changed its domain"),
+        }
+        let (Head::NeedBody { key, spec, .. }, mut ctx) = decide("POST", "/email") else {
+            panic!("a send is decided by its body");
+        };
+        let body = br#"{"From":"ann@example.com","To":"b@example.org"}"#;
+        match check_senders(&ks, &metrics, &mut ctx, &key, body, &spec) {
+            Err(Verdict::Refuse(Reply::SenderNotAllowed(_), Outcome::SenderRefused, _)) => {}
+            _ => panic!("a read-only key sent from its domain"),
+        }
+    }
 }

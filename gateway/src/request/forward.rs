@@ -12,10 +12,15 @@ use pingora::proxy::Session;
 use pingora::ErrorType;
 
 use crate::ops::metrics::Outcome;
-use crate::request::proxy::{write_reply, Ctx};
-use crate::request::respond::Reply;
+use crate::request::ctx::Ctx;
+use crate::request::respond::{write_reply, Reply};
 use crate::request::routing::{Group, Routing};
-use crate::State;
+use crate::request::state::State;
+
+/// Bodies up to this size are replayed upstream by Pingora's retry buffer;
+/// larger ones take the gateway's own forwarding path (the buffer is
+/// hard-limited to 64 KiB in Pingora 0.9 and silently drops the body beyond).
+pub const REPLAY_LIMIT: usize = 64 * 1024;
 
 /// A peer for the next healthy backend of a group, round robin, with the
 /// group's timeouts.
@@ -165,7 +170,7 @@ pub async fn forward_buffered(
             log::warn!(
                 "upstream {} failed for {}: {e}",
                 group.name,
-                crate::request::proxy::log_path(session.req_header())
+                crate::request::head::log_path(session.req_header())
             );
             ctx.outcome = Some(Outcome::UpstreamError);
             ctx.status = reply.status();

@@ -14,126 +14,21 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::ops::accesslog::{mask_keys, Entry};
+use crate::ops::accesslog::Entry;
 use crate::ops::metrics::Outcome;
-use crate::request::respond::Reply;
-use crate::request::routing::{Group, Routing};
-use crate::State;
-
-/// Per-request state carried between phases.
-pub struct Ctx {
-    /// When the request arrived.
-    pub start: Instant,
-    /// Unix milliseconds at arrival, for the access log.
-    pub ts_ms: i64,
-    /// The routing version this request is decided and forwarded by.
-    pub routing: Option<Arc<Routing>>,
-    /// Index of the matched route.
-    pub route: Option<usize>,
-    /// The upstream group of an admitted request.
-    pub group: Option<Arc<Group>>,
-    /// The decision, once made.
-    pub outcome: Option<Outcome>,
-    /// Why it was refused, for logs and metrics (never a key).
-    pub reason: Option<&'static str>,
-    /// Status we answered ourselves, if any.
-    pub status: u16,
-    /// Public id of the key, once recognised (as a number: formatted only
-    /// for a log line).
-    pub key_id: Option<u64>,
-    /// Organisation of the key.
-    pub org: Option<std::sync::Arc<str>>,
-    /// Identity header values to add upstream, in the order of the names in
-    /// [`crate::request::routing::Identity`]; an `Err` when a value cannot be a header
-    /// value (the request then fails rather than reach the upstream without it).
-    pub identity:
-        Option<std::result::Result<[http::HeaderValue; 6], http::header::InvalidHeaderValue>>,
-    /// The path and query the upstream receives: the canonical form checked.
-    pub upstream_uri: Option<String>,
-    /// Request body bytes read while inspecting it.
-    pub bytes_in: usize,
-    /// When the request was sent upstream.
-    pub upstream_sent: Option<Instant>,
-    /// Whether `in_flight` was incremented for this request.
-    pub counted: bool,
-    /// Largest body a streamed (not inspected) request may send; 0 = no limit.
-    pub body_limit: u64,
-    /// Body bytes streamed upstream so far.
-    pub body_seen: u64,
-}
-
-impl Ctx {
-    /// A fresh context for a request arriving now.
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            ts_ms: scopegate_keystore::time::now_ms(),
-            routing: None,
-            route: None,
-            group: None,
-            outcome: None,
-            reason: None,
-            status: 0,
-            key_id: None,
-            org: None,
-            identity: None,
-            upstream_uri: None,
-            bytes_in: 0,
-            upstream_sent: None,
-            counted: false,
-            body_limit: 0,
-            body_seen: 0,
-        }
-    }
-}
+use crate::request::body::read_body;
+use crate::request::ctx::Ctx;
+use crate::request::decide::{check_senders, decide_head, Head, Verdict};
+use crate::request::forward::{forward_buffered, REPLAY_LIMIT};
+use crate::request::head::log_path;
+use crate::request::respond::{write_reply, Reply};
+use crate::request::routing::Routing;
+use crate::request::state::State;
 
 /// The proxy service.
 pub struct Proxy {
     /// Shared gateway state.
     pub state: Arc<State>,
-}
-
-/// Writes a reply the gateway decided on, keeping the connection alive when
-/// the request body is fully read.
-pub async fn write_reply(session: &mut Session, reply: &Reply) -> Result<()> {
-    let body = reply.body();
-    let mut h = ResponseHeader::build(reply.status(), Some(4))?;
-    h.insert_header("Content-Type", "application/json")?;
-    h.insert_header("Content-Length", body.len().to_string())?;
-    h.insert_header("Cache-Control", "no-store")?;
-    for (k, v) in reply.extra_headers() {
-        h.insert_header(*k, *v)?;
-    }
-    if !session.is_body_done() {
-        // An unread body would be parsed as the next request: drain a small
-        // one, close the connection after a large one.
-        let small = content_length(session.req_header()).is_some_and(|n| n <= 64 * 1024);
-        let drained = small
-            && tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                session.drain_request_body(),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if !drained {
-            session.set_keepalive(None);
-        }
-    }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(())
-}
-
-/// The request's Content-Length, if present and valid.
-pub fn content_length(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 impl Proxy {
@@ -151,6 +46,43 @@ impl Proxy {
         ctx.status = reply.status();
         write_reply(session, &reply).await?;
         Ok(true)
+    }
+
+    /// Decides one request: [`decide_head`], then for a send the body read
+    /// ([`read_body`]) and checked against the snapshot current after it
+    /// arrived ([`check_senders`]); a checked body past Pingora's replay buffer
+    /// is forwarded here. See [`crate::request::decide`] for the order.
+    async fn decide(
+        &self,
+        routing: &Routing,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<Verdict> {
+        let state = &*self.state;
+        let (key, spec, limit) = match decide_head(
+            &state.keystore,
+            &state.metrics,
+            routing,
+            session.req_header(),
+            ctx,
+        ) {
+            Head::Refuse(r, o, why) => return Ok(Verdict::Refuse(r, o, why)),
+            Head::Forward => return Ok(Verdict::Forward),
+            Head::NeedBody { key, spec, limit } => (key, spec, limit),
+        };
+        let timeout = routing.config.limits.body_read_timeout;
+        let body = match read_body(session, ctx, limit, timeout).await? {
+            Ok(b) => b,
+            Err(v) => return Ok(v),
+        };
+        if let Err(v) = check_senders(&state.keystore, &state.metrics, ctx, &key, &body, &spec) {
+            return Ok(v);
+        }
+        if body.len() <= REPLAY_LIMIT {
+            return Ok(Verdict::Forward);
+        }
+        forward_buffered(state, session, ctx, body).await?;
+        Ok(Verdict::Answered)
     }
 }
 
@@ -177,10 +109,10 @@ impl ProxyHttp for Proxy {
             ctx.outcome = Some(Outcome::Admitted);
             return Ok(false);
         }
-        match crate::request::decide::decide(&self.state, &routing, session, ctx).await? {
-            crate::request::decide::Verdict::Forward => Ok(false),
-            crate::request::decide::Verdict::Answered => Ok(true),
-            crate::request::decide::Verdict::Refuse(reply, outcome, reason) => {
+        match self.decide(&routing, session, ctx).await? {
+            Verdict::Forward => Ok(false),
+            Verdict::Answered => Ok(true),
+            Verdict::Refuse(reply, outcome, reason) => {
                 self.refuse(session, ctx, reply, outcome, reason).await
             }
         }
@@ -353,16 +285,5 @@ impl ProxyHttp for Proxy {
             session.req_header().method,
             log_path(session.req_header())
         )
-    }
-}
-
-/// The path as logs show it: canonical when it decodes (the raw path, cut to
-/// 256 characters, when it does not), no query string, keys masked. Built
-/// only when a line is written, never on the request path.
-pub fn log_path(req: &RequestHeader) -> String {
-    let raw = req.uri.path();
-    match crate::request::canon::canonicalize(raw) {
-        Ok(c) => mask_keys(&crate::request::canon::encode(c.segments.iter().map(|s| s.as_ref()))),
-        Err(_) => mask_keys(&raw.chars().take(256).collect::<String>()),
     }
 }

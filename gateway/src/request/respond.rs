@@ -6,6 +6,8 @@
 //! see exists.
 
 use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
 
 /// A response the gateway answers on its own, without the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +119,38 @@ pub fn error_json(code: &str, message: &str) -> serde_json::Value {
 /// [`error_json`] as response bytes.
 pub fn error_body(code: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&error_json(code, message)).expect("JSON of strings serialises"))
+}
+
+/// Writes a reply the gateway decided on, keeping the connection alive when
+/// the request body is fully read.
+pub async fn write_reply(session: &mut Session, reply: &Reply) -> pingora::Result<()> {
+    let body = reply.body();
+    let mut h = ResponseHeader::build(reply.status(), Some(4))?;
+    h.insert_header("Content-Type", "application/json")?;
+    h.insert_header("Content-Length", body.len().to_string())?;
+    h.insert_header("Cache-Control", "no-store")?;
+    for (k, v) in reply.extra_headers() {
+        h.insert_header(*k, *v)?;
+    }
+    if !session.is_body_done() {
+        // An unread body would be parsed as the next request: drain a small
+        // one, close the connection after a large one.
+        let small = crate::request::head::content_length(session.req_header())
+            .is_some_and(|n| n <= 64 * 1024);
+        let drained = small
+            && tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                session.drain_request_body(),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !drained {
+            session.set_keepalive(None);
+        }
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
 }
 
 #[cfg(test)]

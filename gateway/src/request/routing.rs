@@ -100,7 +100,10 @@ pub struct Matched<'r, 'p> {
 
 impl Routing {
     /// Builds groups (resolving backend addresses) and routes.
-    pub fn build(config: Config, metrics: &crate::ops::metrics::Metrics) -> Result<Routing, String> {
+    pub fn build(
+        config: Config,
+        metrics: &crate::ops::metrics::Metrics,
+    ) -> Result<Routing, String> {
         let mut groups = BTreeMap::new();
         for (name, settings) in &config.upstreams {
             metrics.register_upstream(name);

@@ -8,9 +8,9 @@ use pingora::http::RequestHeader;
 use scopegate_config::Config;
 use scopegate_keystore::KeyStore;
 
-use crate::request::decide::{check_senders, decide_head, Head, Verdict};
 use crate::ops::metrics::Metrics;
-use crate::request::proxy::Ctx;
+use crate::request::ctx::Ctx;
+use crate::request::decide::{check_senders, decide_head, Head, Verdict};
 use crate::request::routing::Routing;
 
 /// The outcome of an offline check.
@@ -73,14 +73,15 @@ pub fn decide(
         req.insert_header(h.name.clone(), value)?;
     }
     let mut ctx = Ctx::new();
-    let refused = |r: crate::request::respond::Reply, o: crate::ops::metrics::Outcome, why| Decision {
-        admitted: false,
-        status: r.status(),
-        decision: o.as_str(),
-        reason: why,
-        upstream: None,
-        identity: Vec::new(),
-    };
+    let refused =
+        |r: crate::request::respond::Reply, o: crate::ops::metrics::Outcome, why| Decision {
+            admitted: false,
+            status: r.status(),
+            decision: o.as_str(),
+            reason: why,
+            upstream: None,
+            identity: Vec::new(),
+        };
     match decide_head(keystore, &metrics, &routing, &req, &mut ctx) {
         Head::Refuse(r, o, why) => return Ok(refused(r, o, why)),
         Head::Forward => {}
