@@ -4,7 +4,7 @@
 //! during the load, and every category of the mix was exercised.
 //!
 //! (That the audit itself catches a leak is shown by the unit tests in
-//! `gateway/src/loadtest.rs`, which feed it a run where a revoked key got
+//! `gateway/src/tools/loadtest/`, which feed it a run where a revoked key got
 //! through.)
 
 use std::io::Read;

@@ -28,8 +28,12 @@ PY
 python3 - "$root" "$dir/ab/src" <<'PY'
 import re, sys
 root, out = sys.argv[1], sys.argv[2]
+import os
+src = f"{root}/gateway/src/tools/loadtest/population.rs"
+if not os.path.exists(src):  # before the gateway's folders (issue 13)
+    src = f"{root}/gateway/src/loadtest.rs"
 domains = re.search(r"pub const DOMAINS: \[&str; \d+\] = \[.*?\];",
-                    open(f"{root}/gateway/src/loadtest.rs").read(), re.S).group(0)
+                    open(src).read(), re.S).group(0)
 pop = open(f"{root}/tests/support/population.rs").read()
 pop = pop.replace("pub use scopegate_gateway::loadtest::DOMAINS;", domains)
 for side, crate in (("new", "scopegate_keystore"), ("old", "scopegate_keystore_old")):
