@@ -30,10 +30,18 @@ fn raw(gw: &TestGateway, method: &str, path: &str, body: &str) -> Response {
     )
 }
 
+/// `/v1/status` without `staleness_ms`, which moves with the clock: what a
+/// change would alter.
 fn status(gw: &TestGateway) -> Value {
     let r = call(gw, "GET", "/v1/status", None);
     assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
+    let mut v = r.json();
+    let staleness = v
+        .as_object_mut()
+        .and_then(|o| o.remove("staleness_ms"))
+        .and_then(|s| s.as_u64());
+    assert!(staleness.is_some(), "status without staleness_ms: {v}");
+    v
 }
 
 fn version(gw: &TestGateway) -> u64 {
@@ -935,6 +943,7 @@ fn status_reports_the_version_and_counts() {
     assert_eq!(s["keys"], 9);
     assert_eq!(s["version"], json!(gw.keystore.status().version));
     assert!(s["changed_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(s["store"], "sqlite");
     let empty = TestGateway::start();
     let s = status(&empty);
     assert_eq!(s["version"], 0);

@@ -155,8 +155,9 @@ pub fn init_logging() {
 /// Opens the store named by the config with the pepper from the environment.
 pub fn open_store(config: &Config) -> anyhow::Result<(Arc<KeyStore>, scopegate_config::Secrets)> {
     let secrets = config.resolve_secrets(&ProcessEnv)?;
-    let ks = KeyStore::open_sqlite(&config.store, Pepper::new(&secrets.pepper))
-        .with_context(|| format!("opening the store {}", config.store.display()))?;
+    let location = config.store.to_string_lossy();
+    let ks = KeyStore::open_location(&location, Pepper::new(&secrets.pepper))
+        .with_context(|| format!("opening the store {}", config.store_display()))?;
     Ok((Arc::new(ks), secrets))
 }
 
@@ -170,7 +171,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         env!("CARGO_PKG_VERSION"),
         config.listen,
         config.admin_listen,
-        config.store.display(),
+        config.store_display(),
         st.version,
         st.orgs,
         st.users,

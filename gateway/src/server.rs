@@ -151,6 +151,41 @@ impl BackgroundService for Started {
     }
 }
 
+/// Starts following the store's change log, logging what happens to it
+/// (failures once when they start and once when they end).
+fn start_follower(
+    keystore: &Arc<KeyStore>,
+    poll: Duration,
+) -> anyhow::Result<scopegate_keystore::Follower> {
+    use scopegate_keystore::FollowEvent;
+    let follower = scopegate_keystore::Follower::spawn(Arc::clone(keystore), poll, |e| {
+        match e {
+        FollowEvent::Applied(f) if f.reloaded => {
+            log::warn!(
+                "the store's change log no longer held what this instance missed: reloaded the whole snapshot at version {}",
+                f.version
+            )
+        }
+        FollowEvent::Applied(f) => log::debug!(
+            "applied {} change(s) from other instances; now at version {}",
+            f.applied,
+            f.version
+        ),
+        FollowEvent::Failing(e) => log::error!(
+            "cannot read the store's change log ({e}); this instance fails closed once it is stale for fleet.max_staleness_ms"
+        ),
+        FollowEvent::Recovered(f) => {
+            log::warn!("reading the store's change log again; now at version {}", f.version)
+        }
+        FollowEvent::WatcherLost(e) => log::warn!(
+            "lost the store's change notifications ({e}); polling until they are back"
+        ),
+        FollowEvent::WatcherBack => log::info!("store change notifications restored"),
+    }
+    })?;
+    Ok(follower)
+}
+
 /// Builds the shared state (metrics, routing, access log) for a launch.
 pub fn build_state(
     launch: &Launch,
@@ -176,6 +211,10 @@ pub fn build_state(
         overrides: launch.overrides.clone(),
         listening: Default::default(),
         passthrough: launch.passthrough.clone(),
+        follower: Some(start_follower(
+            &launch.keystore,
+            launch.config.fleet.poll_interval,
+        )?),
     });
     Ok((state, log_thread))
 }

@@ -203,6 +203,9 @@ pub struct KeyStore {
     writer: Mutex<Writer>,
     /// Freshness and follower counters, readable without the writer lock.
     pub(crate) fresh: Freshness,
+    /// The store's kind, readable without the writer lock (which a follower
+    /// may hold while its store does not answer).
+    kind: &'static str,
 }
 
 /// When this instance last confirmed, against the store, that it holds every
@@ -326,6 +329,7 @@ impl KeyStore {
         let snapshot = load(store.as_mut(), &mut intern)?;
         fresh.confirm(started);
         Ok(KeyStore {
+            kind: store.kind(),
             pepper,
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(Writer { store, intern }),
@@ -347,7 +351,7 @@ impl KeyStore {
 
     /// `sqlite` or `postgres`.
     pub fn store_kind(&self) -> &'static str {
-        lock(&self.writer).store.kind()
+        self.kind
     }
 
     /// Time since this instance last confirmed, against the store, that it
@@ -547,10 +551,25 @@ impl KeyStore {
         unchanged: impl FnOnce() -> T,
     ) -> Result<Applied<T>, Error> {
         let mut guard = lock(&self.writer);
+        guard.store.begin_write()?;
+        let result = self.write_queued(&mut guard, actor, &mut plan, unchanged);
+        // A failed unlock leaves the lock to the session's end; nothing to undo.
+        let _ = guard.store.end_write();
+        result
+    }
+
+    /// [`KeyStore::write`] once queued behind other instances' writers.
+    fn write_queued<T>(
+        &self,
+        guard: &mut Writer,
+        actor: &str,
+        plan: &mut impl FnMut(&Snapshot, &mut dyn Store) -> Result<Option<(Change, T)>, Error>,
+        unchanged: impl FnOnce() -> T,
+    ) -> Result<Applied<T>, Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.catch_up(&mut guard)?;
+            self.catch_up(guard)?;
             let Writer { store, intern } = &mut *guard;
             let started = self.fresh.now_us();
             let cur = self.current.load_full();
@@ -563,7 +582,17 @@ impl KeyStore {
             let at_ms = crate::time::now_ms();
             let version = match store.commit(&change, &Audit { actor, at_ms }, cur.version) {
                 Ok(v) => v,
-                Err(StoreError::Behind { .. }) if attempt < WRITE_ATTEMPTS => continue,
+                Err(StoreError::Behind { .. }) if attempt < WRITE_ATTEMPTS => {
+                    // A writer that does not queue (another SQLite process)
+                    // got in first: step back a random moment so the two do
+                    // not collide again in lockstep.
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos());
+                    let jitter = u64::from(nanos) % (500 * attempt as u64);
+                    std::thread::sleep(std::time::Duration::from_micros(jitter));
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             };
             let mut next = (*cur).clone();

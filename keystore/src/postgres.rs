@@ -52,6 +52,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Session advisory lock key that serialises migrations ("scopegat" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7363_6f70_6567_6174;
 
+/// The advisory lock writers of all instances queue on (see
+/// `Store::begin_write`); PostgreSQL grants it in request order.
+const WRITE_LOCK: i64 = 0x7363_6f70_6567_6177;
+
+/// How long a writer waits behind other instances' writers before it gives
+/// up with "unavailable" (nothing changed).
+const WRITE_LOCK_WAIT: &str = "10s";
+
 /// Rows per `FETCH` while streaming keys.
 const FETCH_ROWS: usize = 10_000;
 
@@ -840,6 +848,32 @@ impl Store for PostgresStore {
             Some(s) if s == fingerprint => Ok(()),
             _ => Err(StoreError::WrongPepper),
         }
+    }
+
+    fn begin_write(&mut self) -> Result<(), StoreError> {
+        let sql = format!(
+            "SET lock_timeout = '{WRITE_LOCK_WAIT}'; SELECT pg_advisory_lock({WRITE_LOCK}); SET lock_timeout = 0"
+        );
+        match self.run(|c| c.batch_execute(&sql)) {
+            Ok(()) => Ok(()),
+            Err(StoreError::Database(m)) => {
+                let _ = self.client.batch_execute("SET lock_timeout = 0");
+                Err(StoreError::Unavailable(format!(
+                    "other instances kept the store's write lock for {WRITE_LOCK_WAIT} ({m})"
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn end_write(&mut self) -> Result<(), StoreError> {
+        if self.broken || self.client.is_closed() {
+            // The session, and with it the lock, is gone already.
+            return Ok(());
+        }
+        self.client
+            .batch_execute(&format!("SELECT pg_advisory_unlock({WRITE_LOCK})"))
+            .map_err(|e| self.fail(e))
     }
 
     fn begin_read(&mut self) -> Result<(), StoreError> {

@@ -222,6 +222,17 @@ pub trait Store: Send {
     ) -> Result<(Vec<LogEntry>, u64), StoreError>;
     /// A new wake-up source for a follower (its own connection).
     fn watcher(&self) -> Result<Box<dyn Watcher>, StoreError>;
+    /// Queues this instance behind other instances' writers until
+    /// [`Store::end_write`], so a write that catches up and plans is not
+    /// overtaken again and again (PostgreSQL: a session advisory lock). Only
+    /// fairness rides on it: correctness is the commit's version check.
+    fn begin_write(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Ends what [`Store::begin_write`] started.
+    fn end_write(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Drops the payloads of entries at or below `version` (the audit columns
     /// stay). Followers behind that point reload the whole snapshot.
     fn prune_payloads(&mut self, version: u64) -> Result<u64, StoreError>;

@@ -2,6 +2,7 @@
 //! an in-process gateway with mock upstreams, a raw HTTP client, the guide's
 //! sample organisation, and synthetic key populations.
 
+pub mod fleet;
 pub mod gateway;
 pub mod http;
 pub mod pg;

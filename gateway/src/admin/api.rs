@@ -97,6 +97,11 @@ fn response(a: Answer) -> Response<Vec<u8>> {
     if let Some(v) = a.version {
         r = r.header("X-Scopegate-Version", v.to_string());
     }
+    if a.status == StatusCode::SERVICE_UNAVAILABLE {
+        // The store is down or busy: nothing changed, and trying again works
+        // once it is back.
+        r = r.header("Retry-After", "1");
+    }
     r.body(body).expect("valid response")
 }
 
@@ -262,7 +267,9 @@ impl AdminApp {
                 Ok(Answer::json(
                     StatusCode::OK,
                     json!({"version": st.version, "orgs": st.orgs, "users": st.users, "keys": st.keys,
-                           "changed_at": if snap.changed_at_ms > 0 { Some(scopegate_keystore::time::rfc3339(snap.changed_at_ms / 1000)) } else { None }}),
+                           "changed_at": if snap.changed_at_ms > 0 { Some(scopegate_keystore::time::rfc3339(snap.changed_at_ms / 1000)) } else { None },
+                           "store": ks.store_kind(),
+                           "staleness_ms": ks.staleness().as_millis() as u64}),
                 ))
             }
             (&Method::POST, ["reload"]) => {
@@ -516,10 +523,19 @@ fn readiness(state: &State) -> (bool, Vec<String>) {
     if !state.listening.load(Ordering::SeqCst) {
         problems.push("listeners are not bound yet".to_string());
     }
-    for (name, g) in &state.routing.load().groups {
+    let routing = state.routing.load();
+    for (name, g) in &routing.groups {
         if !g.has_healthy_backend() {
             problems.push(format!("upstream group {name} has no healthy backend"));
         }
+    }
+    let max = routing.config.fleet.max_staleness;
+    if state.stale(max) {
+        problems.push(format!(
+            "the access snapshot is not confirmed current: the store was last read {} ms ago (fleet.max_staleness_ms = {}); the proxy answers 503",
+            state.keystore.staleness().as_millis(),
+            max.as_millis()
+        ));
     }
     (problems.is_empty(), problems)
 }
@@ -637,8 +653,9 @@ impl ServeHttp for AdminApp {
 }
 
 /// Reloads routes, upstreams, limits, key sources and logging settings from
-/// the config file (with the same flags re-applied). Settings that need a
-/// restart (listeners, store, threads, secrets) must not change; an invalid
+/// the config file (with the same flags re-applied), and
+/// `fleet.max_staleness_ms`. Settings that need a restart (listeners, store,
+/// `fleet.poll_interval_ms`, threads, secrets) must not change; an invalid
 /// config changes nothing. Returns the number of routes now in force.
 pub fn reload(state: &State) -> Result<usize, String> {
     let result = (|| {
@@ -655,6 +672,10 @@ pub fn reload(state: &State) -> Result<usize, String> {
             ("listen", next.listen != cur.listen),
             ("admin_listen", next.admin_listen != cur.admin_listen),
             ("store", next.store != cur.store),
+            (
+                "fleet.poll_interval_ms",
+                next.fleet.poll_interval != cur.fleet.poll_interval,
+            ),
             ("threads", next.threads != cur.threads),
             ("secrets", next.secrets != cur.secrets),
             ("log", next.log != cur.log),

@@ -34,11 +34,14 @@ pub enum Outcome {
     BodyTimeout,
     /// 502/504 after admission.
     UpstreamError,
+    /// 503: refused unchecked because the snapshot could not be confirmed
+    /// current (fleet fail-closed).
+    StoreUnavailable,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering label values.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Admitted,
         Outcome::MissingKey,
         Outcome::InvalidKey,
@@ -49,6 +52,7 @@ impl Outcome {
         Outcome::TooLarge,
         Outcome::BodyTimeout,
         Outcome::UpstreamError,
+        Outcome::StoreUnavailable,
     ];
 
     /// The label value.
@@ -64,6 +68,7 @@ impl Outcome {
             Outcome::TooLarge => "too_large",
             Outcome::BodyTimeout => "body_timeout",
             Outcome::UpstreamError => "upstream_error",
+            Outcome::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -111,6 +116,10 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Config reloads by result.
     pub reloads: IntCounterVec,
+    store_staleness: prometheus::Gauge,
+    store_changes_applied: IntCounter,
+    store_reloads: IntCounter,
+    store_reconnects: IntCounter,
 }
 
 impl Metrics {
@@ -211,8 +220,32 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let store_staleness = prometheus::Gauge::new(
+            "scopegate_store_staleness_seconds",
+            "Seconds since this instance last confirmed against its store that it holds every committed change; past fleet.max_staleness_ms the proxy answers 503.",
+        )
+        .expect("valid metric");
+        let store_changes_applied = IntCounter::new(
+            "scopegate_store_changes_applied_total",
+            "Change log entries committed by other instances and applied here.",
+        )
+        .expect("valid metric");
+        let store_reloads = IntCounter::new(
+            "scopegate_store_reloads_total",
+            "Whole-snapshot reloads because the change log no longer held what this instance missed.",
+        )
+        .expect("valid metric");
+        let store_reconnects = IntCounter::new(
+            "scopegate_store_reconnects_total",
+            "Times the follower's wake-up connection to the store was reopened after a loss.",
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_staleness.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_changes_applied.clone()),
+            Box::new(store_reloads.clone()),
+            Box::new(store_reconnects.clone()),
+            Box::new(requests.clone()),
             Box::new(invalid_keys.clone()),
             Box::new(key_check.clone()),
             Box::new(upstream.clone()),
@@ -273,6 +306,10 @@ impl Metrics {
             store_errors,
             access_log_dropped,
             reloads,
+            store_staleness,
+            store_changes_applied,
+            store_reloads,
+            store_reconnects,
         }
     }
 
@@ -316,6 +353,16 @@ impl Metrics {
         self.users.set(snap.user_ids.len() as i64);
         self.orgs.set(snap.org_ids.len() as i64);
         drop(snap);
+        self.store_staleness.set(keystore.staleness().as_secs_f64());
+        let (applied, reloads, reconnects) = keystore.follow_counters();
+        for (counter, total) in [
+            (&self.store_changes_applied, applied),
+            (&self.store_reloads, reloads),
+            (&self.store_reconnects, reconnects),
+        ] {
+            // The key store counts; the exported counter catches up.
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -25,6 +25,13 @@ use crate::request::respond::{write_reply, Reply};
 use crate::request::routing::Routing;
 use crate::request::state::State;
 
+/// The refusal of an instance that cannot confirm its snapshot is current.
+const STALE: (Reply, Outcome, Option<&str>) = (
+    Reply::StoreUnavailable,
+    Outcome::StoreUnavailable,
+    Some("stale_snapshot"),
+);
+
 /// The proxy service.
 pub struct Proxy {
     /// Shared gateway state.
@@ -75,6 +82,12 @@ impl Proxy {
             Ok(b) => b,
             Err(v) => return Ok(v),
         };
+        // The senders are checked against the snapshot current now; a slow
+        // body may have outlasted its freshness.
+        if state.stale(routing.config.fleet.max_staleness) {
+            let (reply, outcome, why) = STALE;
+            return Ok(Verdict::Refuse(reply, outcome, why));
+        }
         if let Err(v) = check_senders(&state.keystore, &state.metrics, ctx, &key, &body, &spec) {
             return Ok(v);
         }
@@ -108,6 +121,12 @@ impl ProxyHttp for Proxy {
             ctx.group = routing.groups.get(group).cloned();
             ctx.outcome = Some(Outcome::Admitted);
             return Ok(false);
+        }
+        // Fail closed before anything else: a snapshot this instance cannot
+        // confirm may be missing a revocation.
+        if self.state.stale(routing.config.fleet.max_staleness) {
+            let (reply, outcome, why) = STALE;
+            return self.refuse(session, ctx, reply, outcome, why).await;
         }
         match self.decide(&routing, session, ctx).await? {
             Verdict::Forward => Ok(false),

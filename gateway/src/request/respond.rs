@@ -41,6 +41,10 @@ pub enum Reply {
     GatewayTimeout,
     /// 503: the gateway is not able to decide (e.g. reload in progress failed).
     Unavailable,
+    /// 503: this instance cannot confirm its access data is current (it has
+    /// not reached its store for longer than `fleet.max_staleness_ms`), so it
+    /// fails closed rather than trust a snapshot that may miss a revocation.
+    StoreUnavailable,
 }
 
 impl Reply {
@@ -56,7 +60,7 @@ impl Reply {
             Reply::BodyTimeout => 408,
             Reply::BadGateway => 502,
             Reply::GatewayTimeout => 504,
-            Reply::Unavailable => 503,
+            Reply::Unavailable | Reply::StoreUnavailable => 503,
         }
     }
 
@@ -76,6 +80,7 @@ impl Reply {
             Reply::BadGateway => "bad_gateway",
             Reply::GatewayTimeout => "gateway_timeout",
             Reply::Unavailable => "unavailable",
+            Reply::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -92,6 +97,9 @@ impl Reply {
             Reply::BadGateway => "the upstream service is unavailable",
             Reply::GatewayTimeout => "the upstream service did not answer in time",
             Reply::Unavailable => "the gateway cannot decide right now",
+            Reply::StoreUnavailable => {
+                "the gateway cannot confirm its access data is current; try again shortly"
+            }
         }
     }
 
@@ -106,6 +114,7 @@ impl Reply {
             Reply::MissingKey | Reply::InvalidKey => {
                 &[("WWW-Authenticate", "Bearer realm=\"scopegate\"")]
             }
+            Reply::StoreUnavailable => &[("Retry-After", "1")],
             _ => &[],
         }
     }

@@ -38,4 +38,19 @@ pub struct State {
     /// Benchmarks only: the upstream group everything is forwarded to
     /// unchecked (see `scopegate serve --bench-passthrough`).
     pub passthrough: Option<String>,
+    /// The thread that keeps `keystore` up to date with changes other
+    /// instances commit (and so confirms its freshness); stopped with the
+    /// state. `None` only where nothing else writes (offline tools).
+    pub follower: Option<scopegate_keystore::Follower>,
+}
+
+impl State {
+    /// Whether this instance must fail closed: it has not confirmed its
+    /// snapshot against the store for longer than `max_staleness`. One atomic
+    /// load and a clock read. Without a follower nothing confirms freshness,
+    /// and nothing else can change the store either: never stale.
+    #[inline]
+    pub fn stale(&self, max_staleness: std::time::Duration) -> bool {
+        self.follower.is_some() && self.keystore.staleness() > max_staleness
+    }
 }

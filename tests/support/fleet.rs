@@ -1,0 +1,141 @@
+//! Real `scopegate serve` processes sharing one store, for fleet tests and
+//! the fleet load test: each instance gets its own listeners, a config file
+//! written from the test's mocks and store, and a readiness check (`/readyz`
+//! answering 200) before the test goes on. Dropping an instance kills it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::gateway::{free_port, ADMIN_TOKEN, PEPPER};
+use crate::http::{Request, Response};
+
+/// One `scopegate serve` process.
+pub struct Instance {
+    /// The proxy listener.
+    pub proxy: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// Its config file (kept so the same instance can be started again).
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+/// What every instance of a test fleet shares.
+#[derive(Clone, Debug)]
+pub struct FleetSpec {
+    /// A SQLite path or a `postgres://` URL.
+    pub store: String,
+    /// The mock sending API.
+    pub sending: SocketAddr,
+    /// The mock domain API.
+    pub domains: SocketAddr,
+    /// `[fleet] poll_interval_ms`.
+    pub poll_interval_ms: u64,
+    /// `[fleet] max_staleness_ms`.
+    pub max_staleness_ms: u64,
+}
+
+impl Instance {
+    /// Writes a config into `dir` and starts an instance from it.
+    pub fn start(spec: &FleetSpec, dir: &Path, name: &str) -> Instance {
+        let proxy = free_port();
+        let admin = free_port();
+        let config = dir.join(format!("{name}.toml"));
+        let text = format!(
+            "listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\nstore = \"{store}\"\nthreads = 1\n\
+             grace_period_ms = 1000\n\n\
+             [fleet]\npoll_interval_ms = {poll}\nmax_staleness_ms = {stale}\n\n\
+             [log]\naccess_log = \"off\"\n\n\
+             [upstreams.sending]\nbackends = [\"{sending}\"]\nhealth_check_interval_ms = 200\n\n\
+             [upstreams.domains]\nbackends = [\"{domains}\"]\nhealth_check_interval_ms = 200\n",
+            store = spec.store,
+            poll = spec.poll_interval_ms,
+            stale = spec.max_staleness_ms,
+            sending = spec.sending,
+            domains = spec.domains,
+        );
+        std::fs::write(&config, text).expect("write instance config");
+        let mut i = Instance {
+            proxy,
+            admin,
+            config,
+            child: None,
+        };
+        i.spawn();
+        i
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(crate::scopegate_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("SCOPEGATE_PEPPER", std::str::from_utf8(PEPPER).unwrap())
+            .env("SCOPEGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start scopegate serve");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until `/readyz` answers 200 (polling, no fixed sleep).
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("scopegate serve exited before it was ready: {status}");
+            }
+            if std::net::TcpStream::connect(self.admin).is_ok()
+                && Request::new("GET", "/readyz").send(self.admin).status == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "instance did not become ready");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the same instance again (same ports, same config).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Sends a request to the proxy.
+    pub fn send(&self, req: Request) -> Response {
+        req.send(self.proxy)
+    }
+
+    /// Sends an admin request with the test token.
+    pub fn admin(&self, req: Request) -> Response {
+        req.bearer(ADMIN_TOKEN).send(self.admin)
+    }
+
+    /// `GET /v1/status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        self.admin(Request::new("GET", "/v1/status")).json()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
