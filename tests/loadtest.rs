@@ -235,3 +235,69 @@ fn a_kept_population_is_exported_reused_and_reclassified() {
         n(&first, "/population/revoked") + revoked
     );
 }
+
+/// `--fleet 3`: the figures a fleet run adds, and its audit clean.
+fn assert_fleet(v: &Value) {
+    assert_clean(v);
+    assert_eq!(n(v, "/fleet/instances"), 3, "{v:#}");
+    assert_eq!(n(v, "/fleet/instances_never_refusing"), 0, "{v:#}");
+    let p = &v["fleet"]["propagation_ms"];
+    let (p50, max) = (p["p50"].as_f64().unwrap(), p["max"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= max, "{v:#}");
+    assert!(n(v, "/sent_after_revocation") > 0, "{v:#}");
+}
+
+#[test]
+fn a_fleet_of_three_processes_on_one_sqlite_file_leaks_nothing() {
+    let v = summary(
+        &[
+            "loadtest",
+            "--fleet",
+            "3",
+            "--keys",
+            "1000",
+            "--duration",
+            "3",
+            "--connections",
+            "6",
+            "--revocations-per-sec",
+            "30",
+            "--threads",
+            "1",
+            "--json",
+        ],
+        None,
+    );
+    assert_fleet(&v);
+}
+
+#[test]
+fn a_fleet_of_three_processes_on_postgres_leaks_nothing() {
+    let url = scopegate_suite::pg::fresh_database_url();
+    let v = summary(
+        &[
+            "loadtest",
+            "--fleet",
+            "3",
+            "--store",
+            &url,
+            "--keys",
+            "1000",
+            "--duration",
+            "3",
+            "--connections",
+            "6",
+            "--revocations-per-sec",
+            "30",
+            "--threads",
+            "1",
+            "--json",
+        ],
+        Some(PEPPER),
+    );
+    assert_fleet(&v);
+    assert!(
+        v["store"].as_str().unwrap().starts_with("postgres"),
+        "{v:#}"
+    );
+}

@@ -53,7 +53,8 @@ pub struct ConfigArgs {
     /// Admin listener (default 127.0.0.1:8081).
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
-    /// SQLite store file.
+    /// SQLite store file, or postgres://user@host:port/db for a fleet
+    /// sharing one database (password in the URL or SCOPEGATE_STORE_PASSWORD).
     #[arg(long)]
     pub store: Option<PathBuf>,
     /// Upstream backend, NAME=HOST:PORT; repeat for several backends of a group.

@@ -25,6 +25,13 @@
 //!    fifth of the valid requests use keys that are about to be, or were just,
 //!    revoked, so the race is exercised on every run.
 //!
+//! With `--fleet N` the gateway is N `scopegate serve` processes on one
+//! store ([`fleet`]): the load is spread over them, each revocation goes
+//! through the admin API of a random instance, and probes time how long
+//! until every other instance refuses the key. The revoking instance may
+//! admit nothing after its answer; another instance may until it was seen
+//! refusing (the propagation window), and not after.
+//!
 //! Afterwards every request the upstream received is checked against the
 //! ground truth: it **leaked** if its key was never valid, or if the client
 //! sent it after its key's revocation had returned. The other direction is
@@ -34,7 +41,8 @@
 //!
 //! # Layout
 //! One concept a file: [`population`], the auditing [`upstream`], the
-//! [`driver`] (load and revocations), the [`audit`], the [`report`]; with
+//! [`driver`] (load and revocations), the [`fleet`] of processes, the
+//! [`audit`], the [`report`]; with
 //! [`mix`] (categories and the random picks), [`histogram`] (latency) and
 //! [`args`] and [`command`] (the run that wires them).
 
@@ -42,6 +50,7 @@ pub mod args;
 pub mod audit;
 pub mod command;
 pub mod driver;
+pub mod fleet;
 pub mod histogram;
 pub mod mix;
 pub mod population;

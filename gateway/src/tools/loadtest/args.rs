@@ -64,6 +64,12 @@ pub struct LoadtestArgs {
     /// Stop early after this many requests (bounds the memory of the audit).
     #[arg(long, default_value_t = 5_000_000)]
     pub max_requests: u64,
+    /// Run N `scopegate serve` processes on the one store (SQLite file or
+    /// postgres:// URL) instead of one gateway in this process: the load is
+    /// spread over them, revocations go through a random instance's admin
+    /// API, and the report adds how long each took to reach every instance.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub fleet: usize,
     /// Seed of the request generator (default: random).
     #[arg(long)]
     pub seed: Option<u64>,

@@ -26,14 +26,46 @@ pub struct ClientRecord {
 }
 
 /// One revocation done during the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Revocation {
     /// Index of the key in the valid pool.
     pub key: u32,
-    /// Just before `revoke_key` was called.
+    /// Just before `revoke_key` (or the admin call) was made.
     pub start_ns: u64,
     /// Just after it returned.
     pub end_ns: u64,
+    /// `--fleet`: the instance the revocation went through.
+    pub via: usize,
+    /// `--fleet`: per instance, when a probe first saw it refuse the key
+    /// (`end_ns` for `via`); empty for a single gateway.
+    pub refused_ns: Vec<u64>,
+}
+
+impl Revocation {
+    /// A revocation through the one gateway there is.
+    pub fn single(key: u32, start_ns: u64, end_ns: u64) -> Revocation {
+        Revocation {
+            key,
+            start_ns,
+            end_ns,
+            via: 0,
+            refused_ns: Vec::new(),
+        }
+    }
+
+    /// Until when `instance` may still admit the key: the revoking instance
+    /// (and a single gateway) never after the call returned; another
+    /// instance until a probe saw it refuse.
+    fn admits_until(&self, instance: usize) -> u64 {
+        if instance == self.via {
+            return self.end_ns;
+        }
+        self.refused_ns
+            .get(instance)
+            .copied()
+            .unwrap_or(self.end_ns)
+            .max(self.end_ns)
+    }
 }
 
 /// The sequence number of request `i` of connection `conn`.
@@ -86,6 +118,10 @@ pub struct Audit {
     pub in_flight_refused: u64,
     /// Answered 200 by the gateway without reaching the upstream.
     pub answered_without_upstream: u64,
+    /// `--fleet`: admitted by an instance other than the revoking one after
+    /// the revocation returned, but before that instance was seen refusing
+    /// the key (the propagation window; not a leak).
+    pub admitted_in_propagation: u64,
 }
 
 impl Audit {
@@ -104,16 +140,18 @@ impl Audit {
 }
 
 /// Checks every request against the ground truth. `conns[c][i]` is request
-/// `i` of connection `c`; `key_id(cat, key)` is the id of a pool key (None for
-/// made-up keys).
+/// `i` of connection `c`, which went to instance `c % instances`;
+/// `key_id(cat, key)` is the id of a pool key (None for made-up keys).
 pub fn audit(
     conns: &[Vec<ClientRecord>],
     revocations: &[Revocation],
     upstream: &[UpstreamRecord],
+    instances: usize,
     key_id: impl Fn(Category, u32) -> Option<u64>,
 ) -> Audit {
     let mut a = Audit::default();
-    let revoked: HashMap<u32, Revocation> = revocations.iter().map(|r| (r.key, *r)).collect();
+    let instances = instances.max(1);
+    let revoked: HashMap<u32, &Revocation> = revocations.iter().map(|r| (r.key, r)).collect();
     let mut seen: Vec<Vec<bool>> = conns.iter().map(|c| vec![false; c.len()]).collect();
     let lookup = |seq: u64| -> Option<(usize, usize)> {
         let (c, i) = (
@@ -138,8 +176,12 @@ pub fn audit(
         let r = &conns[c][i];
         if r.cat != Category::Valid {
             a.leaked_invalid += 1;
-        } else if revoked.get(&r.key).is_some_and(|v| r.send_ns >= v.end_ns) {
-            a.leaked_after_revocation += 1;
+        } else if let Some(v) = revoked.get(&r.key).filter(|v| r.send_ns >= v.end_ns) {
+            if r.send_ns < v.admits_until(c % instances) {
+                a.admitted_in_propagation += 1;
+            } else {
+                a.leaked_after_revocation += 1;
+            }
         }
         if u.key_id.is_none() || u.key_id != key_id(r.cat, r.key) {
             a.misattributed += 1;
@@ -232,7 +274,7 @@ mod tests {
             rec(Category::Revoked, 0, 30, 40, 401),
             rec(Category::OutOfScope, 2, 50, 60, 404),
         ]];
-        let a = audit(&conns, &[], &[up(0, 0, 101)], ids);
+        let a = audit(&conns, &[], &[up(0, 0, 101)], 1, ids);
         assert!(a.passed());
         assert_eq!(a.leaked, 0);
         assert_eq!(a.false_refusals, 0);
@@ -246,12 +288,8 @@ mod tests {
         // Key 7 was revoked between 100 and 150; the request was sent at
         // 160, and the (broken) gateway let it through anyway.
         let conns = vec![vec![rec(Category::Valid, 7, 160, 170, 200)]];
-        let revs = [Revocation {
-            key: 7,
-            start_ns: 100,
-            end_ns: 150,
-        }];
-        let a = audit(&conns, &revs, &[up(0, 0, 107)], ids);
+        let revs = [Revocation::single(7, 100, 150)];
+        let a = audit(&conns, &revs, &[up(0, 0, 107)], 1, ids);
         assert_eq!(a.leaked, 1);
         assert_eq!(a.leaked_after_revocation, 1);
         assert_eq!(a.sent_after_revocation, 1);
@@ -259,18 +297,46 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_during_revocation_goes_either_way() {
+    fn in_a_fleet_only_the_propagation_window_of_other_instances_is_forgiven() {
+        // Key 7 revoked through instance 1 between 100 and 150; instance 0
+        // was seen refusing it at 180, instance 2 at 170.
         let revs = [Revocation {
             key: 7,
             start_ns: 100,
             end_ns: 150,
+            via: 1,
+            refused_ns: vec![180, 150, 170],
         }];
+        // Connections 0, 1, 2 go to instances 0, 1, 2; connection 3 to 0.
+        let conns = vec![
+            vec![rec(Category::Valid, 7, 175, 176, 200)], // 0: inside its window
+            vec![rec(Category::Valid, 7, 151, 152, 200)], // 1: the revoking one: a leak
+            vec![rec(Category::Valid, 7, 171, 172, 200)], // 2: after its window: a leak
+            vec![rec(Category::Valid, 7, 160, 161, 401)], // 0: refused early: fine
+        ];
+        let upstream = [up(0, 0, 107), up(1, 0, 107), up(2, 0, 107)];
+        let a = audit(&conns, &revs, &upstream, 3, ids);
+        assert_eq!(a.admitted_in_propagation, 1);
+        assert_eq!(a.leaked_after_revocation, 2);
+        assert_eq!(a.sent_after_revocation, 4);
+        assert!(!a.passed());
+        // The same run as one gateway: all three admissions are leaks.
+        let single = [Revocation::single(7, 100, 150)];
+        assert_eq!(
+            audit(&conns, &single, &upstream, 1, ids).leaked_after_revocation,
+            3
+        );
+    }
+
+    #[test]
+    fn in_flight_during_revocation_goes_either_way() {
+        let revs = [Revocation::single(7, 100, 150)];
         let conns = vec![vec![
             rec(Category::Valid, 7, 90, 120, 200),
             rec(Category::Valid, 7, 95, 130, 401),
             rec(Category::Valid, 7, 60, 80, 401),
         ]];
-        let a = audit(&conns, &revs, &[up(0, 0, 107)], ids);
+        let a = audit(&conns, &revs, &[up(0, 0, 107)], 1, ids);
         assert!(a.passed());
         assert_eq!(a.in_flight_admitted, 1);
         assert_eq!(a.in_flight_refused, 1);
@@ -284,7 +350,7 @@ mod tests {
             rec(Category::Malformed, 0, 10, 20, 200),
             rec(Category::Expired, 0, 30, 40, 200),
         ]];
-        let a = audit(&conns, &[], &[up(0, 0, 1), up(0, 1, 2)], ids);
+        let a = audit(&conns, &[], &[up(0, 0, 1), up(0, 1, 2)], 1, ids);
         assert_eq!(a.leaked_invalid, 2);
         assert_eq!(a.leaked, 2);
     }
@@ -301,7 +367,7 @@ mod tests {
             },
             up(5, 0, 101), // no such connection
         ];
-        let a = audit(&conns, &[], &upstream, ids);
+        let a = audit(&conns, &[], &upstream, 1, ids);
         assert_eq!(a.misattributed, 1);
         assert_eq!(a.upstream_duplicates, 1);
         assert_eq!(a.unattributed, 2);
@@ -315,7 +381,7 @@ mod tests {
             rec(Category::OutOfScope, 0, 10, 20, 401),
             rec(Category::Valid, 3, 10, 20, 0),
         ]];
-        let a = audit(&conns, &[], &[], ids);
+        let a = audit(&conns, &[], &[], 1, ids);
         assert_eq!(
             a.categories[Category::OutOfScope as usize].unexpected_status,
             1

@@ -13,7 +13,8 @@ use serde_json::json;
 
 use super::args::LoadtestArgs;
 use super::audit::{audit, ClientRecord, SEQ_BITS};
-use super::driver::{drive, progress, revoker, Load};
+use super::driver::{drive, progress, revoker, Load, Revoke};
+use super::fleet::{Fleet, FleetSpec};
 use super::histogram::{quantile, Histogram};
 use super::mix::{random_seed, Category, Mix, Rng};
 use super::population::{
@@ -21,7 +22,7 @@ use super::population::{
     say, sidecar_path, valid_plan, wait_expired, write_sidecar, TempDir, DOMAINS, OFFBOARDED, ORG,
     USERS,
 };
-use super::report::{round3, Report};
+use super::report::{round3, FleetFigures, Report};
 use super::upstream::{Recorder, SEQ_HEADER};
 use crate::server::{self, Launch, Stop};
 
@@ -86,6 +87,11 @@ fn validate(args: &LoadtestArgs) -> anyhow::Result<Mix> {
         (1..=64).contains(&args.client_threads),
         "--client-threads must be 1..=64"
     );
+    ensure!((1..=16).contains(&args.fleet), "--fleet must be 1..=16");
+    ensure!(
+        args.fleet == 1 || !args.bench_passthrough,
+        "--bench-passthrough runs one gateway in this process; it cannot be combined with --fleet"
+    );
     ensure!(
         args.connections < (1 << (64 - SEQ_BITS)) && args.max_requests < (1 << SEQ_BITS),
         "--max-requests is too large"
@@ -130,10 +136,18 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
         (None, Some(t)) => t.0.join("loadtest.db"),
         (None, None) => unreachable!("a temporary store without a temporary dir"),
     };
-    let existed = store.exists();
+    let location = store.to_string_lossy().into_owned();
+    // A database URL keeps no population sidecar: the run needs an empty one.
+    let is_url = scopegate_keystore::postgres::is_url(&location);
+    let existed = !is_url && store.exists();
+    let shown = Config {
+        store: store.clone(),
+        ..Config::default()
+    }
+    .store_display();
     let ks = Arc::new(
-        KeyStore::open_sqlite(&store, Pepper::new(&pepper))
-            .with_context(|| format!("opening the store {}", store.display()))?,
+        KeyStore::open_location(&location, Pepper::new(&pepper))
+            .with_context(|| format!("opening the store {shown}"))?,
     );
     let fingerprint = Pepper::new(&pepper).fingerprint();
     let sidecar = sidecar_path(&store);
@@ -163,9 +177,13 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
     } else {
         ensure!(
             ks.status().keys == 0 && ks.snapshot().org(ORG).is_none(),
-            "{} already holds data but no load-test population ({} is missing): use a new path",
-            store.display(),
-            sidecar.display()
+            "{shown} already holds data but no load-test population{}: use a new {}",
+            if is_url {
+                String::new()
+            } else {
+                format!(" ({} is missing)", sidecar.display())
+            },
+            if is_url { "database" } else { "path" }
         );
         say(
             quiet,
@@ -177,7 +195,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
             ),
         );
         let (pop, _) = create_population(&ks, args.keys, quiet)?;
-        if args.store.is_some() {
+        if args.store.is_some() && !is_url {
             write_sidecar(&sidecar, &pop, &fingerprint)?;
         }
         pop
@@ -196,7 +214,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
             pop.pool(Category::Expired).len(),
             pop.pool(Category::OutOfScope).len(),
             if args.store.is_some() {
-                format!("; store {} (kept)", store.display())
+                format!("; store {shown} (kept)")
             } else {
                 String::new()
             }
@@ -287,7 +305,34 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
     }
 
     let gateway_threads = config.effective_threads();
-    let mut gateway = start_gateway(&config, Arc::clone(&ks), pepper, args.bench_passthrough)?;
+    let (mut gateway, fleet) = if args.fleet > 1 {
+        say(
+            quiet,
+            format_args!(
+                "starting a fleet of {} scopegate serve processes on {shown}",
+                args.fleet
+            ),
+        );
+        let fleet = Fleet::start(FleetSpec {
+            size: args.fleet,
+            config_file: args.config.as_deref(),
+            config: &config,
+            store: &location,
+            upstream: recorder.addr,
+            threads: Some(gateway_threads),
+            pepper: &pepper,
+            key_prefix: key_prefix.clone(),
+        })?;
+        (None, Some(Arc::new(fleet)))
+    } else {
+        let g = start_gateway(&config, Arc::clone(&ks), pepper, args.bench_passthrough)?;
+        (Some(g), None)
+    };
+    let proxies = match (&gateway, &fleet) {
+        (Some(g), _) => vec![g.proxy],
+        (None, Some(f)) => f.proxies(),
+        (None, None) => unreachable!("a gateway or a fleet was started"),
+    };
 
     // The schedule of revocations: distinct random valid keys.
     let valid_n = pop.pool(Category::Valid).len();
@@ -304,7 +349,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
     let pop = Arc::new(pop);
     let start = Instant::now();
     let load = Arc::new(Load {
-        proxy: gateway.proxy,
+        proxies: proxies.clone(),
         start,
         deadline: start + Duration::from_secs_f64(args.duration),
         mix,
@@ -325,16 +370,27 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
     say(
         quiet,
         format_args!(
-            "load: {} connections for {} s against the gateway on {} ({gateway_threads} worker threads), {} revocations/s",
-            args.connections, args.duration, gateway.proxy, args.revocations_per_sec
+            "load: {} connections for {} s against {} ({gateway_threads} worker threads each), {} revocations/s",
+            args.connections,
+            args.duration,
+            if proxies.len() == 1 {
+                format!("the gateway on {}", proxies[0])
+            } else {
+                format!("{} instances", proxies.len())
+            },
+            args.revocations_per_sec
         ),
     );
 
     let revoker_thread = (planned > 0).then(|| {
-        let (ks, load, rate) = (Arc::clone(&ks), Arc::clone(&load), args.revocations_per_sec);
+        let via = match &fleet {
+            Some(f) => Revoke::Fleet(Arc::clone(f)),
+            None => Revoke::Store(Arc::clone(&ks)),
+        };
+        let (load, rate) = (Arc::clone(&load), args.revocations_per_sec);
         std::thread::Builder::new()
             .name("loadtest-revoker".into())
-            .spawn(move || revoker(ks, load, rate))
+            .spawn(move || revoker(via, load, rate, seed))
     });
     let revoker_thread = revoker_thread.transpose()?;
     let finished = Arc::new(AtomicBool::new(false));
@@ -373,15 +429,24 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
         None => Default::default(),
     };
     // Nothing reaches the upstream once the gateway is gone.
-    gateway.shutdown(Stop::Fast)?;
+    if let Some(g) = gateway.as_mut() {
+        g.shutdown(Stop::Fast)?;
+    }
+    drop(fleet);
     let upstream = recorder.stop();
 
-    let result = audit(&conns, &revocations, &upstream, |cat, key| {
-        pop.pool(cat)
-            .get(key as usize)
-            .map(|k| k.id)
-            .filter(|id| *id != 0)
-    });
+    let result = audit(
+        &conns,
+        &revocations,
+        &upstream,
+        proxies.len(),
+        |cat, key| {
+            pop.pool(cat)
+                .get(key as usize)
+                .map(|k| k.id)
+                .filter(|id| *id != 0)
+        },
+    );
     let counts = load.hist.counts();
     let max = load.hist.max();
     let mut took_sorted = took.clone();
@@ -397,7 +462,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
         args: &args,
         mix,
         population: population_json,
-        store: args.store.as_ref().map(|_| store.clone()),
+        store: args.store.as_ref().map(|_| shown.clone()),
         gateway_threads,
         elapsed,
         capped,
@@ -408,6 +473,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<i32> {
         planned,
         revoke_p50: took_q(0.5),
         revoke_max: took_sorted.last().copied().unwrap_or(0),
+        fleet: (proxies.len() > 1).then(|| FleetFigures::of(proxies.len(), &revocations)),
     };
     if args.json {
         println!("{}", report.json());

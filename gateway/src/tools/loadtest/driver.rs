@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::audit::{seq_of, ClientRecord, Revocation};
+use super::fleet::{Fleet, PROPAGATION_LIMIT};
 use super::histogram::{quantile, Histogram};
 use super::mix::{Category, Mix, Rng};
 use super::population::{Population, ACTOR, DOMAINS};
@@ -24,7 +25,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every load task shares.
 pub(super) struct Load {
-    pub(super) proxy: SocketAddr,
+    /// The gateway, or (`--fleet`) each instance: connection `c` goes to
+    /// `proxies[c % proxies.len()]`.
+    pub(super) proxies: Vec<SocketAddr>,
     pub(super) start: Instant,
     pub(super) deadline: Instant,
     pub(super) mix: Mix,
@@ -176,7 +179,7 @@ pub(super) async fn drive(load: Arc<Load>, conn: usize, seed: u64) -> Vec<Client
             seq_of(conn, out.len())
         );
         if client.is_none() {
-            client = match Client::connect(load.proxy).await {
+            client = match Client::connect(load.proxies[conn % load.proxies.len()]).await {
                 Ok(c) => Some(c),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -218,7 +221,9 @@ pub(super) async fn drive(load: Arc<Load>, conn: usize, seed: u64) -> Vec<Client
         };
         load.hist
             .record(recv_ns - scheduled_ns.unwrap_or(send_ns).min(send_ns));
-        if status == 200 {
+        // (In a fleet, other instances may admit a revoked key until the
+        // change reaches them: only the audit can tell.)
+        if status == 200 && load.proxies.len() == 1 {
             let after_revocation = cat == Category::Valid
                 && send_ns >= load.revoked_end[key as usize].load(Ordering::Acquire);
             if cat != Category::Valid || after_revocation {
@@ -236,15 +241,27 @@ pub(super) async fn drive(load: Arc<Load>, conn: usize, seed: u64) -> Vec<Client
     out
 }
 
+/// Through what the revoker revokes.
+pub(super) enum Revoke {
+    /// `KeyStore::revoke_key`, the call the admin API makes, on the one
+    /// gateway's own key store.
+    Store(Arc<KeyStore>),
+    /// The admin API of a random instance of a fleet, then probes of the
+    /// others until each refuses.
+    Fleet(Arc<Fleet>),
+}
+
 /// Revokes `schedule` keys at `rate` per second until the deadline.
 pub(super) fn revoker(
-    ks: Arc<KeyStore>,
+    via: Revoke,
     load: Arc<Load>,
     rate: f64,
+    seed: u64,
 ) -> anyhow::Result<(Vec<Revocation>, Vec<u64>)> {
     let mut done = Vec::new();
     let mut took = Vec::new();
     let valid = load.pop.pool(Category::Valid);
+    let mut rng = Rng(seed);
     for (i, &key) in load.schedule.iter().enumerate() {
         let at = load.start + Duration::from_secs_f64(i as f64 / rate);
         if at >= load.deadline || load.stop.load(Ordering::Relaxed) {
@@ -257,18 +274,58 @@ pub(super) fn revoker(
         let id = secret::format_id(valid[key as usize].id);
         load.revocations_started.store(i + 1, Ordering::Relaxed);
         let start_ns = load.now_ns();
-        ks.revoke_key(ACTOR, &id, scopegate_keystore::time::now())
-            .with_context(|| format!("revoking {id}"))?;
-        let end_ns = load.now_ns();
-        load.revoked_end[key as usize].store(end_ns, Ordering::Release);
-        took.push(end_ns - start_ns);
-        done.push(Revocation {
-            key,
-            start_ns,
-            end_ns,
-        });
+        let revocation = match &via {
+            Revoke::Store(ks) => {
+                ks.revoke_key(ACTOR, &id, scopegate_keystore::time::now())
+                    .with_context(|| format!("revoking {id}"))?;
+                let end_ns = load.now_ns();
+                load.revoked_end[key as usize].store(end_ns, Ordering::Release);
+                Revocation::single(key, start_ns, end_ns)
+            }
+            Revoke::Fleet(fleet) => {
+                let via = rng.below(fleet.len());
+                fleet.revoke(via, &id)?;
+                let end_ns = load.now_ns();
+                load.revoked_end[key as usize].store(end_ns, Ordering::Release);
+                let refused_ns =
+                    propagation(fleet, &load, via, end_ns, &valid[key as usize].secret)?;
+                Revocation {
+                    key,
+                    start_ns,
+                    end_ns,
+                    via,
+                    refused_ns,
+                }
+            }
+        };
+        took.push(revocation.end_ns - start_ns);
+        done.push(revocation);
     }
     Ok((done, took))
+}
+
+/// Probes every instance but `via` until it refuses `secret`: per instance,
+/// when it was first seen refusing (`end_ns` for `via`; for an instance that
+/// never did within [`PROPAGATION_LIMIT`], also `end_ns`, so the audit counts
+/// every admission after the revocation as a leak there).
+fn propagation(
+    fleet: &Fleet,
+    load: &Load,
+    via: usize,
+    end_ns: u64,
+    secret: &str,
+) -> anyhow::Result<Vec<u64>> {
+    let mut refused = vec![None; fleet.len()];
+    refused[via] = Some(end_ns);
+    let limit = end_ns + PROPAGATION_LIMIT.as_nanos() as u64;
+    while refused.iter().any(Option::is_none) && load.now_ns() < limit {
+        for (i, r) in refused.iter_mut().enumerate() {
+            if r.is_none() && fleet.refuses(i, secret)? {
+                *r = Some(load.now_ns());
+            }
+        }
+    }
+    Ok(refused.into_iter().map(|r| r.unwrap_or(end_ns)).collect())
 }
 
 /// Prints one progress line per second until the load stops.

@@ -2,12 +2,11 @@
 //! JSON object.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
 use super::args::LoadtestArgs;
-use super::audit::Audit;
+use super::audit::{Audit, Revocation};
 use super::driver::ms;
 use super::mix::{Category, Mix, CATEGORIES};
 
@@ -23,7 +22,8 @@ pub(super) struct Report<'a> {
     pub(super) args: &'a LoadtestArgs,
     pub(super) mix: Mix,
     pub(super) population: Value,
-    pub(super) store: Option<PathBuf>,
+    /// The kept store as it may be shown (a URL without its password).
+    pub(super) store: Option<String>,
     pub(super) gateway_threads: usize,
     pub(super) elapsed: f64,
     pub(super) capped: bool,
@@ -34,6 +34,69 @@ pub(super) struct Report<'a> {
     pub(super) planned: usize,
     pub(super) revoke_p50: u64,
     pub(super) revoke_max: u64,
+    /// `--fleet`: how revocations spread over the instances.
+    pub(super) fleet: Option<FleetFigures>,
+}
+
+/// How long revocations took to reach every instance of a fleet.
+pub(super) struct FleetFigures {
+    pub(super) instances: usize,
+    /// Per revocation: from the admin answer until the last other instance
+    /// was seen refusing the key, in nanoseconds, sorted.
+    pub(super) propagation: Vec<u64>,
+    /// Instances never seen refusing within the probe limit.
+    pub(super) never_refused: usize,
+}
+
+impl FleetFigures {
+    pub(super) fn of(instances: usize, revocations: &[Revocation]) -> FleetFigures {
+        let mut propagation: Vec<u64> = revocations
+            .iter()
+            .map(|r| {
+                r.refused_ns
+                    .iter()
+                    .map(|t| t.saturating_sub(r.end_ns))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        propagation.sort_unstable();
+        // An instance that never refused was recorded at the answer itself.
+        let never_refused = revocations
+            .iter()
+            .flat_map(|r| {
+                r.refused_ns
+                    .iter()
+                    .enumerate()
+                    .filter(move |(i, t)| *i != r.via && **t == r.end_ns)
+            })
+            .count();
+        FleetFigures {
+            instances,
+            propagation,
+            never_refused,
+        }
+    }
+
+    fn quantile(&self, q: f64) -> u64 {
+        match self.propagation.len() {
+            0 => 0,
+            n => self.propagation[((q * n as f64).ceil() as usize).clamp(1, n) - 1],
+        }
+    }
+
+    fn json(&self, a: &Audit) -> Value {
+        json!({
+            "instances": self.instances,
+            "propagation_ms": {
+                "p50": ms_f(self.quantile(0.5)),
+                "p99": ms_f(self.quantile(0.99)),
+                "max": ms_f(self.propagation.last().copied().unwrap_or(0)),
+            },
+            "admitted_in_propagation_window": a.admitted_in_propagation,
+            "instances_never_refusing": self.never_refused,
+        })
+    }
 }
 
 impl Report<'_> {
@@ -64,7 +127,7 @@ impl Report<'_> {
             "ok": a.passed(),
             "keys": self.population["valid"],
             "population": self.population,
-            "store": self.store.as_ref().map(|p| p.display().to_string()),
+            "store": self.store,
             "duration_s": round3(self.elapsed),
             "stopped_at_max_requests": self.capped,
             "connections": self.args.connections,
@@ -101,6 +164,7 @@ impl Report<'_> {
             "false_refusals": a.false_refusals,
             "answered_without_upstream": a.answered_without_upstream,
             "errors": a.errors(),
+            "fleet": self.fleet.as_ref().map(|f| f.json(a)),
         })
     }
 
@@ -127,7 +191,7 @@ impl Report<'_> {
             p["valid"], p["revoked"], p["expired"], p["out_of_scope"], p["users"], p["domains"],
             self.store
                 .as_ref()
-                .map(|p| format!("; store {}", p.display()))
+                .map(|p| format!("; store {p}"))
                 .unwrap_or_default()
         );
         let _ = writeln!(
@@ -180,9 +244,14 @@ impl Report<'_> {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "revocations     {} of {} planned during the load (revoke_key: commit + publish, p50 {}, max {})",
+            "revocations     {} of {} planned during the load ({}, p50 {}, max {})",
             self.revocations,
             self.planned,
+            if self.fleet.is_some() {
+                "the admin API of a random instance: commit + publish there"
+            } else {
+                "revoke_key: commit + publish"
+            },
             ms(self.revoke_p50),
             ms(self.revoke_max)
         );
@@ -194,6 +263,21 @@ impl Report<'_> {
             a.in_flight_admitted,
             a.in_flight_refused
         );
+        if let Some(f) = &self.fleet {
+            let _ = writeln!(
+                s,
+                "fleet           {} instances; a revocation reached every other instance in p50 {}  p99 {}  max {}   (admin answer to probe refused)",
+                f.instances,
+                ms(f.quantile(0.5)),
+                ms(f.quantile(0.99)),
+                ms(f.propagation.last().copied().unwrap_or(0))
+            );
+            let _ = writeln!(
+                s,
+                "                {} admitted by another instance inside its propagation window (allowed); {} instance(s) never seen refusing (every later admission there counts as leaked)",
+                a.admitted_in_propagation, f.never_refused
+            );
+        }
         let _ = writeln!(
             s,
             "upstream        received {} requests ({} duplicates from retries)",
