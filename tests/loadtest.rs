@@ -247,54 +247,34 @@ fn assert_fleet(v: &Value) {
     assert!(n(v, "/sent_after_revocation") > 0, "{v:#}");
 }
 
+/// A short `--fleet 3` run, on `store` when given (else a temporary SQLite file).
+fn fleet_run(store: Option<&str>) -> Value {
+    let mut args = vec![
+        "loadtest",
+        "--fleet",
+        "3",
+        "--keys",
+        "1000",
+        "--duration",
+        "3",
+    ];
+    args.extend(["--connections", "6", "--revocations-per-sec", "30"]);
+    args.extend(["--threads", "1", "--json"]);
+    if let Some(s) = store {
+        args.extend(["--store", s]);
+    }
+    summary(&args, store.map(|_| PEPPER))
+}
+
 #[test]
 fn a_fleet_of_three_processes_on_one_sqlite_file_leaks_nothing() {
-    let v = summary(
-        &[
-            "loadtest",
-            "--fleet",
-            "3",
-            "--keys",
-            "1000",
-            "--duration",
-            "3",
-            "--connections",
-            "6",
-            "--revocations-per-sec",
-            "30",
-            "--threads",
-            "1",
-            "--json",
-        ],
-        None,
-    );
-    assert_fleet(&v);
+    assert_fleet(&fleet_run(None));
 }
 
 #[test]
 fn a_fleet_of_three_processes_on_postgres_leaks_nothing() {
     let url = scopegate_suite::pg::fresh_database_url();
-    let v = summary(
-        &[
-            "loadtest",
-            "--fleet",
-            "3",
-            "--store",
-            &url,
-            "--keys",
-            "1000",
-            "--duration",
-            "3",
-            "--connections",
-            "6",
-            "--revocations-per-sec",
-            "30",
-            "--threads",
-            "1",
-            "--json",
-        ],
-        Some(PEPPER),
-    );
+    let v = fleet_run(Some(&url));
     assert_fleet(&v);
     assert!(
         v["store"].as_str().unwrap().starts_with("postgres"),

@@ -26,6 +26,14 @@ fn open(path: &Path) -> KeyStore {
     KeyStore::open_sqlite(path, pepper()).expect("open store")
 }
 
+/// Two instances on one new file (the directory must outlive them).
+fn pair() -> (tempfile::TempDir, KeyStore, KeyStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let (a, b) = (open(&db), open(&db));
+    (dir, a, b)
+}
+
 fn admits(ks: &KeyStore, secret: &str, domain: &str) -> bool {
     ks.check(
         Some(secret),
@@ -78,10 +86,7 @@ fn key(ks: &KeyStore, name: &str) -> (String, String) {
 
 #[test]
 fn a_second_instance_applies_what_the_first_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("keys.db");
-    let a = open(&db);
-    let b = open(&db);
+    let (_dir, a, b) = pair();
     org(&a, "acme");
     let (id, secret) = key(&a, "acme");
     assert!(
@@ -104,10 +109,7 @@ fn a_second_instance_applies_what_the_first_commits() {
 
 #[test]
 fn a_write_is_planned_against_changes_made_elsewhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("keys.db");
-    let a = open(&db);
-    let b = open(&db);
+    let (_dir, a, b) = pair();
     // b never followed: its write must still see the organisation a made,
     // and its version must come after a's.
     org(&a, "acme");
@@ -202,10 +204,7 @@ fn concurrent_writers_on_one_file_leave_a_gap_free_log_and_converge() {
 
 #[test]
 fn an_instance_behind_a_pruned_log_reloads_the_whole_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("keys.db");
-    let a = open(&db);
-    let b = open(&db);
+    let (_dir, a, b) = pair();
     org(&a, "acme");
     let (id, secret) = key(&a, "acme");
     let (_, kept) = key(&a, "acme");
