@@ -74,6 +74,13 @@ impl From<StoreError> for Error {
                 "store_unavailable",
                 format!("{e}; nothing was changed, try again once the database is back"),
             ),
+            StoreError::Indeterminate(_) => Error::new(
+                ErrorKind::Unavailable,
+                "store_unavailable",
+                format!(
+                    "{e}: the change may or may not have been made; look it up before trying again"
+                ),
+            ),
             StoreError::Behind { .. } => Error::new(
                 ErrorKind::Unavailable,
                 "store_busy",

@@ -992,9 +992,13 @@ impl Store for PostgresStore {
         // next write catches up with the log first, so it is never applied
         // twice.
         if let Err(e) = self.client.batch_execute("COMMIT") {
+            let lost = is_connection_error(&e);
             let e = self.fail(e);
             self.rollback();
-            return Err(e);
+            return Err(match e {
+                StoreError::Unavailable(m) if lost => StoreError::Indeterminate(m),
+                other => other,
+            });
         }
         Ok(version)
     }

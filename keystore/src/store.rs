@@ -34,6 +34,11 @@ pub enum StoreError {
     /// changed, and trying again later may work.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The connection was lost while the database was committing: the change
+    /// may or may not be in the log. Whichever it is, the next read of the
+    /// log applies it (or not) exactly once.
+    #[error("the connection to the store was lost while it was committing ({0})")]
+    Indeterminate(String),
     /// Another instance committed first: the log is past the version the
     /// change was planned against. Nothing changed; catch up and plan again.
     #[error("the change log moved on (at version {actual}, change planned against {expected})")]
