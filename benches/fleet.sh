@@ -3,8 +3,11 @@
 # PostgreSQL cluster (or SCOPEGATE_TEST_DATABASE_URL's server), load spread
 # over them, revocations through random instances, and the audit:
 #
-#   bash benches/fleet.sh [--fleet N] [--keys N] [--duration SECS] [--revocations-per-sec R]
+#   bash benches/fleet.sh [--fleet N] [--keys N] [--duration SECS] [--revocations-per-sec R] [--rate REQ_PER_SEC]
 #
+# --rate makes the load open-loop at that many requests a second in total (the
+# default is closed loop: every instance saturated, and then the follower
+# threads wait for CPU like everything else).
 # Prints `scopegate loadtest --fleet`'s report: propagation p50/p99/max from
 # the revoking instance's answer until every other instance refuses, requests
 # admitted inside that window, and leaks (must be 0). Installs Debian's
@@ -13,14 +16,15 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-FLEET=3 KEYS=100000 DURATION=20 REVOKE=50
+FLEET=3 KEYS=100000 DURATION=20 REVOKE=20 RATE=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --fleet) FLEET=$2; shift 2 ;;
     --keys) KEYS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --revocations-per-sec) REVOKE=$2; shift 2 ;;
-    *) echo "usage: bash benches/fleet.sh [--fleet N] [--keys N] [--duration SECS] [--revocations-per-sec R]" >&2; exit 2 ;;
+    --rate) RATE=(--rate "$2"); shift 2 ;;
+    *) echo "usage: bash benches/fleet.sh [--fleet N] [--keys N] [--duration SECS] [--revocations-per-sec R] [--rate REQ_PER_SEC]" >&2; exit 2 ;;
   esac
 done
 
@@ -49,7 +53,7 @@ else
   URL="postgres://postgres@127.0.0.1:$PORT/postgres"
 fi
 
-echo "bash benches/fleet.sh --fleet $FLEET --keys $KEYS --duration $DURATION --revocations-per-sec $REVOKE ($(nproc) CPUs)"
+echo "bash benches/fleet.sh --fleet $FLEET --keys $KEYS --duration $DURATION --revocations-per-sec $REVOKE ${RATE[*]} ($(nproc) CPUs)"
 SCOPEGATE_PEPPER=${SCOPEGATE_PEPPER:-fleet-bench-pepper-0123456789abcdef} \
   timeout $((DURATION * 4 + 600)) "$BIN" loadtest --fleet "$FLEET" --store "$URL" \
-  --keys "$KEYS" --duration "$DURATION" --revocations-per-sec "$REVOKE" --threads 1
+  --keys "$KEYS" --duration "$DURATION" --revocations-per-sec "$REVOKE" --threads 1 "${RATE[@]}"
