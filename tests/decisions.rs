@@ -202,7 +202,8 @@ fn two_different_keys_and_undecodable_paths_are_400() {
         "/domains/staging.example.com/%2e%2e/%2e%2e/account",
         "/domains/staging.example.com%2F..%2Fexample.com",
         "/domains//staging.example.com",
-        "/domains/staging.example.com/",
+        // One trailing slash is a spelling (see below); two are not.
+        "/domains/staging.example.com//",
         "/domains/%zz",
         "/domains/%ff",
         "/domains/staging.example.com%5C..%5Cexample.com",
@@ -329,12 +330,105 @@ fn methods_outside_the_route_table_are_404() {
         ("DELETE", "/domains"),
         ("PUT", "/email/batch"),
         ("GET", "/"),
-        ("GET", "/Domains/example.com"),
+        ("GET", "/domain/example.com"),
+        ("GET", "/Domainsx/example.com"),
     ] {
         let r = gw.send(Request::new(m, p).bearer(&keys.owner));
         assert_eq!(r.status, 404, "{m} {p}");
     }
     assert_eq!(upstream_total(&gw), 0);
+}
+
+/// DESIGN "Canonical form": real clients differ in small ways that must not
+/// matter — one trailing slash, the case of a route's fixed segments — and
+/// the upstream receives the path as the client sent it, canonicalised
+/// exactly as checked.
+#[test]
+fn real_client_paths_match_and_reach_the_upstream_as_sent() {
+    let (gw, keys) = setup();
+    for (method, path, key, forwarded) in [
+        // Postmark's AccountClient posts to /domains/ (org-wide key needed).
+        ("POST", "/domains/", &keys.owner, "/domains/"),
+        ("GET", "/domains/", &keys.dev, "/domains/"),
+        (
+            "GET",
+            "/Domains/STAGING.example.com/",
+            &keys.dev,
+            "/Domains/staging.example.com/",
+        ),
+        (
+            "PUT",
+            "/domains/102/verifyDkim",
+            &keys.ops,
+            "/domains/102/verifyDkim",
+        ),
+        (
+            "PUT",
+            "/DOMAINS/102/rotateDKIM/",
+            &keys.ops,
+            "/DOMAINS/102/rotateDKIM/",
+        ),
+    ] {
+        gw.domains.clear();
+        let r = gw.send(Request::new(method, path).bearer(key).body("{}"));
+        assert!(
+            r.status == 200 || r.status == 201,
+            "{method} {path}: {}",
+            r.text()
+        );
+        let seen = gw.domains.requests();
+        assert_eq!(seen.len(), 1, "{method} {path}");
+        assert_eq!(seen[0].target, forwarded, "{method} {path}");
+    }
+    // The rules are the same whatever the spelling: a member key may not
+    // create a domain, nor write one it only reads.
+    gw.domains.clear();
+    let r = gw.send(
+        Request::new("POST", "/Domains/")
+            .bearer(&keys.dev)
+            .body("{}"),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = gw.send(
+        Request::new("PUT", "/domains/staging.example.com/")
+            .bearer(&keys.dev_read)
+            .body("{}"),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    // A send with a trailing slash is still checked against its From.
+    let r = gw.send(
+        Request::new("POST", "/Email/")
+            .bearer(&keys.dev)
+            .json(&serde_json::json!({"From": "a@example.com", "To": "b@x.test"})),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    // Two slashes are an empty segment, not a spelling.
+    for path in ["/domains//", "//domains/"] {
+        let r = gw.send(Request::new("GET", path).bearer(&keys.owner));
+        assert_eq!(r.status, 400, "{path}");
+    }
+    assert_eq!(upstream_total(&gw), 0);
+}
+
+/// Postmark's account-level calls carry the key in `X-Postmark-Account-Token`.
+#[test]
+fn the_postmark_account_token_header_carries_a_key() {
+    let (gw, keys) = setup();
+    let r = gw.send(
+        Request::new("GET", "/domains/staging.example.com")
+            .header("X-Postmark-Account-Token", &keys.dev),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = gw.send(
+        Request::new("GET", "/domains/staging.example.com")
+            .header("X-Postmark-Account-Token", &keys.dev)
+            .header("X-Postmark-Server-Token", &keys.ops),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(gw.domains.count(), 1);
+    // The key header does not reach the upstream.
+    let seen = gw.domains.requests();
+    assert!(seen[0].header("x-postmark-account-token").is_none());
 }
 
 #[test]

@@ -162,6 +162,10 @@ impl Default for KeySources {
                     name: "X-Postmark-Server-Token".to_owned(),
                     scheme: None,
                 },
+                KeyHeader {
+                    name: "X-Postmark-Account-Token".to_owned(),
+                    scheme: None,
+                },
             ],
             query_param: None,
             forward_key_header: false,

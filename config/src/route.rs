@@ -101,7 +101,8 @@ pub struct PathPattern {
 /// One segment of a [`PathPattern`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
-    /// Matches exactly this text (case-sensitive).
+    /// Matches this text without regard to ASCII case (`verifyDKIM`,
+    /// `verifyDkim` and `verifydkim` are one route: real clients differ).
     Literal(String),
     /// `{domain}`: matches any one segment and names it as the target domain.
     Domain,
@@ -165,7 +166,10 @@ impl PathPattern {
             match pattern {
                 Segment::Rest => return Some(domain),
                 Segment::Literal(literal) => {
-                    if segments.get(i).copied() != Some(literal.as_str()) {
+                    if !segments
+                        .get(i)
+                        .is_some_and(|s| s.eq_ignore_ascii_case(literal))
+                    {
                         return None;
                     }
                 }
@@ -257,12 +261,17 @@ mod tests {
     }
 
     #[test]
-    fn literal_patterns_match_exactly_and_case_sensitively() {
+    fn literal_patterns_match_whole_segments_without_regard_to_case() {
         let p = pattern("/email/batch");
         assert_eq!(p.matches(&["email", "batch"]), Some(None));
         assert_eq!(p.matches(&["email"]), None);
         assert_eq!(p.matches(&["email", "batch", "x"]), None);
-        assert_eq!(p.matches(&["Email", "batch"]), None);
+        assert_eq!(p.matches(&["Email", "BATCH"]), Some(None));
+        assert_eq!(p.matches(&["email", "batches"]), None);
+        let p = pattern("/domains/{domain}/verifyDKIM");
+        for v in ["verifyDKIM", "verifyDkim", "verifydkim"] {
+            assert_eq!(p.matches(&["domains", "12", v]), Some(Some("12")), "{v}");
+        }
     }
 
     #[test]

@@ -634,7 +634,16 @@ impl ServeHttp for AdminApp {
             }
         };
         let full = format!("/{rest}");
-        let segs = match crate::request::canon::canonicalize(&full) {
+        // The admin API's own client and docs never add a trailing slash:
+        // unlike the proxy's routes, it keeps refusing one.
+        let canon = crate::request::canon::canonicalize(&full).and_then(|c| {
+            if c.trailing_slash {
+                Err(crate::request::canon::PathError::EmptySegment)
+            } else {
+                Ok(c)
+            }
+        });
+        let segs = match canon {
             Ok(c) => c.segments,
             Err(e) => {
                 return response(Answer::error(

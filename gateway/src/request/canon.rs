@@ -2,13 +2,17 @@
 //!
 //! The path is percent-decoded exactly once. Anything two parsers could read
 //! differently is refused rather than guessed at: an encoded `/` or `\`, a
-//! raw `\`, `.` and `..` segments (raw or encoded), empty segments (`//`, a
-//! trailing `/`), invalid UTF-8, malformed escapes and control characters;
+//! raw `\`, `.` and `..` segments (raw or encoded), empty segments (`//`,
+//! two trailing `/`), invalid UTF-8, malformed escapes and control characters;
 //! also, for upstreams that normalise more than RFC 3986 says, dot segments
 //! with parameters (`..;x`) and an encoded `%` (which a second decoding would
 //! turn into something else).
 //! The upstream then receives the path re-encoded from the decoded segments,
 //! so what it decodes is exactly what the gateway matched and checked.
+//!
+//! One trailing `/` is what real clients send for the same resource
+//! (`POST /domains/`): it is matched as if absent and kept on the way up,
+//! since the client asked for it.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -28,7 +32,7 @@ pub enum PathError {
     /// `%25`: a percent sign that a second decoding would turn into something else.
     #[error("encoded '%' is not allowed in paths")]
     EncodedPercent,
-    /// `//` or a trailing `/`.
+    /// `//`, or more than one trailing `/`.
     #[error("empty path segments are not allowed")]
     EmptySegment,
     /// `%` not followed by two hex digits.
@@ -53,6 +57,9 @@ pub struct CanonPath<'a> {
     /// can get the request's own path. False may still re-encode to the same
     /// bytes; the path is then rebuilt, which is always correct.
     pub unchanged: bool,
+    /// The path ended in one `/` after its last segment (not counted as a
+    /// segment; re-encoded with [`encode_path`]).
+    pub trailing_slash: bool,
 }
 
 const MAX_PATH: usize = 4096;
@@ -78,7 +85,15 @@ pub fn canonicalize(raw: &str) -> Result<CanonPath<'_>, PathError> {
         return Ok(CanonPath {
             segments,
             unchanged: true,
+            trailing_slash: false,
         });
+    }
+    let (rest, trailing_slash) = match rest.strip_suffix('/') {
+        Some(r) => (r, true),
+        None => (rest, false),
+    };
+    if rest.is_empty() {
+        return Err(PathError::EmptySegment);
     }
     let mut unchanged = true;
     for seg in rest.split('/') {
@@ -135,6 +150,7 @@ pub fn canonicalize(raw: &str) -> Result<CanonPath<'_>, PathError> {
     Ok(CanonPath {
         segments,
         unchanged,
+        trailing_slash,
     })
 }
 
@@ -170,7 +186,20 @@ fn is_pchar(b: u8) -> bool {
         )
 }
 
-/// Re-encodes segments into the path the upstream receives.
+/// Re-encodes segments into the path the upstream receives, with the one
+/// trailing `/` the request had, if any.
+pub fn encode_path<'a>(
+    segments: impl IntoIterator<Item = &'a str>,
+    trailing_slash: bool,
+) -> String {
+    let mut out = encode(segments);
+    if trailing_slash && out != "/" {
+        out.push('/');
+    }
+    out
+}
+
+/// Re-encodes segments into a path (no trailing `/`).
 pub fn encode<'a>(segments: impl IntoIterator<Item = &'a str>) -> String {
     let mut out = String::new();
     for seg in segments {
@@ -215,6 +244,30 @@ mod tests {
     }
 
     #[test]
+    fn one_trailing_slash_is_kept_apart_from_the_segments() {
+        let c = canonicalize("/domains/").unwrap();
+        assert_eq!(c.segments, ["domains"]);
+        assert!(c.trailing_slash && c.unchanged);
+        let c = canonicalize("/email/withTemplate/").unwrap();
+        assert_eq!(c.segments, ["email", "withTemplate"]);
+        assert_eq!(
+            encode_path(c.segments.iter().map(|s| s.as_ref()), true),
+            "/email/withTemplate/"
+        );
+        let c = canonicalize("/domains/ex%61mple.com/").unwrap();
+        assert!(c.trailing_slash && !c.unchanged);
+        assert_eq!(
+            encode_path(c.segments.iter().map(|s| s.as_ref()), true),
+            "/domains/example.com/"
+        );
+        assert!(!canonicalize("/domains").unwrap().trailing_slash);
+        assert!(!canonicalize("/").unwrap().trailing_slash);
+        assert_eq!(encode_path(std::iter::empty(), true), "/");
+        // A dot segment stays one with a slash after it.
+        assert_eq!(canonicalize("/domains/../"), Err(PathError::DotSegment));
+    }
+
+    #[test]
     fn refusals() {
         use PathError::*;
         for (p, e) in [
@@ -235,7 +288,8 @@ mod tests {
             ("/domains/%2e%2e/account", DotSegment),
             ("/domains/%2E/x", DotSegment),
             ("/domains//example.com", EmptySegment),
-            ("/domains/", EmptySegment),
+            ("/domains//", EmptySegment),
+            ("//", EmptySegment),
             ("//domains", EmptySegment),
             ("/domains/%zz", BadEscape),
             ("/domains/%4", BadEscape),

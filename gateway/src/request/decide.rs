@@ -176,7 +176,7 @@ pub fn decide_head(
     if matches!(route.target, RouteTarget::Public) {
         ctx.group = Some(m.entry.group.clone());
         ctx.outcome = Some(Outcome::Admitted);
-        ctx.upstream_uri = upstream_uri(&segments, unchanged, None, req.uri.query(), config);
+        ctx.upstream_uri = upstream_uri(&canon, unchanged, None, req.uri.query(), config);
         return Head::Forward;
     }
 
@@ -246,7 +246,7 @@ pub fn decide_head(
         Err(v) => return v.into(),
     };
     ctx.group = Some(m.entry.group.clone());
-    ctx.upstream_uri = upstream_uri(&segments, unchanged, renamed, req.uri.query(), config);
+    ctx.upstream_uri = upstream_uri(&canon, unchanged, renamed, req.uri.query(), config);
     match &route.target {
         RouteTarget::Sender(spec) => Head::NeedBody {
             key,
@@ -305,10 +305,11 @@ fn domain_index(route: &scopegate_config::Route) -> Option<usize> {
 
 /// The path and query the upstream receives, when they differ from the
 /// request's own: re-encoded from the checked segments, with the `{domain}`
-/// segment in canonical form and any key query parameter removed. `None`
-/// when the request's target is already exactly that (the common case).
+/// segment in canonical form, the one trailing `/` the client sent, and any
+/// key query parameter removed. `None` when the request's target is already
+/// exactly that (the common case).
 fn upstream_uri(
-    segments: &[&str],
+    canon: &canon::CanonPath<'_>,
     unchanged: bool,
     renamed: Option<(usize, String)>,
     query: Option<&str>,
@@ -325,16 +326,15 @@ fn upstream_uri(
     if unchanged && renamed.is_none() && strip.is_none() {
         return None;
     }
+    let segments = canon.segments.iter().map(|s| s.as_ref());
     let mut uri = match &renamed {
-        None => canon::encode(segments.iter().copied()),
-        Some((i, name)) => {
-            canon::encode(
-                segments
-                    .iter()
-                    .enumerate()
-                    .map(|(j, s)| if j == *i { name.as_str() } else { s }),
-            )
-        }
+        None => canon::encode_path(segments, canon.trailing_slash),
+        Some((i, name)) => canon::encode_path(
+            segments
+                .enumerate()
+                .map(|(j, s)| if j == *i { name.as_str() } else { s }),
+            canon.trailing_slash,
+        ),
     };
     if let Some(q) = query {
         let q = match strip {

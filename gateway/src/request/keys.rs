@@ -1,5 +1,5 @@
 //! Finding the API key in a request: the configured headers (by default
-//! `Authorization: Bearer`, `X-Api-Key`, `X-Postmark-Server-Token`), and the
+//! `Authorization: Bearer`, `X-Api-Key`, `X-Postmark-Server-Token`, `X-Postmark-Account-Token`), and the
 //! query string only when configured.
 //!
 //! Two *different* keys in one request are refused (400) rather than picking
@@ -139,9 +139,20 @@ mod tests {
             headers(&[("authorization", "bearer   sg_abc ")]),
             headers(&[("x-api-key", "sg_abc")]),
             headers(&[("x-postmark-server-token", "sg_abc")]),
+            headers(&[("x-postmark-account-token", "sg_abc")]),
+            // The same key in two headers is one key.
+            headers(&[
+                ("x-postmark-account-token", "sg_abc"),
+                ("x-postmark-server-token", "sg_abc"),
+            ]),
         ] {
             assert_eq!(find(&h, None, &s), Presented::One("sg_abc"));
         }
+        let two = headers(&[
+            ("x-postmark-server-token", "sg_abc"),
+            ("x-postmark-account-token", "sg_xyz"),
+        ]);
+        assert_eq!(find(&two, None, &s), Presented::Conflicting);
     }
 
     #[test]
