@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::error::{ConfigError, Problem};
 use crate::model::{
-    AccessLog, Config, Fleet, KeyHeader, KeySources, Limits, LogFormat, LogSettings, SecretSources,
-    UpstreamGroup,
+    AccessLog, Config, Fleet, KeyHeader, KeySources, Limits, LogFormat, LogSettings,
+    ResponseFormat, SecretSources, UpstreamGroup,
 };
 use crate::route::{default_routes_for, Messages, PathPattern, Route, SenderSpec, Target};
 use crate::validate::RouteContext;
@@ -37,12 +37,13 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 
 /// Sort key for a problem: top-level section in schema order, then route index.
 fn file_order(key: &str) -> (usize, usize) {
-    const SECTIONS: [&str; 12] = [
+    const SECTIONS: [&str; 13] = [
         "listen",
         "admin_listen",
         "threads",
         "grace_period_ms",
         "store",
+        "response_format",
         "fleet",
         "secrets",
         "keys",
@@ -69,6 +70,7 @@ struct RawConfig {
     threads: Option<usize>,
     grace_period_ms: Option<u64>,
     store: Option<String>,
+    response_format: Option<String>,
     #[serde(default)]
     fleet: RawFleet,
     #[serde(default)]
@@ -177,6 +179,7 @@ impl RawConfig {
             threads,
             grace_period_ms,
             store,
+            response_format,
             fleet,
             secrets,
             keys,
@@ -200,6 +203,17 @@ impl RawConfig {
         };
         let listen = addr("listen", listen, d.listen);
         let admin_listen = addr("admin_listen", admin_listen, d.admin_listen);
+        let response_format = match response_format.as_deref() {
+            None | Some("json") => ResponseFormat::Json,
+            Some("postmark") => ResponseFormat::Postmark,
+            Some(other) => {
+                problems.push(Problem::new(
+                    "response_format",
+                    format!("expected \"json\" or \"postmark\", got {other:?}"),
+                ));
+                d.response_format
+            }
+        };
 
         let limits = limits.into_limits(d.limits);
         let upstreams = match upstreams {
@@ -237,6 +251,7 @@ impl RawConfig {
                 poll_interval: ms(fleet.poll_interval_ms, d.fleet.poll_interval),
                 max_staleness: ms(fleet.max_staleness_ms, d.fleet.max_staleness),
             },
+            response_format,
             secrets: secrets.into_sources(d.secrets),
             keys: keys.into_sources(d.keys),
             limits,
@@ -504,6 +519,15 @@ mod tests {
 
     fn problems(text: &str) -> Vec<Problem> {
         Config::from_toml_str(text, "t.toml").unwrap_err().problems
+    }
+
+    #[test]
+    fn the_response_format_is_json_or_postmark() {
+        let c = Config::from_toml_str("response_format = \"postmark\"\n", "t.toml").unwrap();
+        assert_eq!(c.response_format, ResponseFormat::Postmark);
+        let p = problems("response_format = \"xml\"\n");
+        assert_eq!(p[0].key, "response_format");
+        assert!(p[0].message.contains("\"postmark\""), "{}", p[0].message);
     }
 
     #[test]

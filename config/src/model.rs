@@ -32,6 +32,8 @@ pub struct Config {
     pub store: PathBuf,
     /// `[fleet]`: how an instance follows the change log others write to.
     pub fleet: Fleet,
+    /// `response_format`: the shape of the answers the gateway writes itself.
+    pub response_format: ResponseFormat,
     /// `[secrets]`: where the pepper and admin tokens come from (never the values).
     pub secrets: SecretSources,
     /// `[keys]`: where API keys are read from on each request.
@@ -56,6 +58,7 @@ impl Default for Config {
             grace_period: Duration::from_millis(5000),
             store: PathBuf::from("scopegate.db"),
             fleet: Fleet::default(),
+            response_format: ResponseFormat::default(),
             secrets: SecretSources::default(),
             keys: KeySources::default(),
             log: LogSettings::default(),
@@ -213,6 +216,19 @@ impl Default for Limits {
             max_admin_body_bytes: 1024 * 1024,
         }
     }
+}
+
+/// The shape of the refusals the gateway writes itself (the upstream's own
+/// answers pass through untouched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResponseFormat {
+    /// `"json"`: `{"error": {"code": "…", "message": "…"}}`.
+    #[default]
+    Json,
+    /// `"postmark"`: Postmark's `{"ErrorCode": n, "Message": "…"}`, with
+    /// Postmark's statuses where they differ, so its official clients report
+    /// typed errors with the right code.
+    Postmark,
 }
 
 /// How an instance follows the store's change log (every instance does:

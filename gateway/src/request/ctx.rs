@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use scopegate_config::ResponseFormat;
+
 use crate::ops::metrics::Outcome;
 use crate::request::routing::{Group, Routing};
 
@@ -51,6 +53,16 @@ pub struct Ctx {
     pub body_limit: u64,
     /// Body bytes streamed upstream so far.
     pub body_seen: u64,
+}
+
+impl Ctx {
+    /// The format of the gateway's own answers for this request (the
+    /// default until the routing version is known).
+    pub fn response_format(&self) -> ResponseFormat {
+        self.routing
+            .as_ref()
+            .map_or_else(ResponseFormat::default, |r| r.config.response_format)
+    }
 }
 
 impl Ctx {

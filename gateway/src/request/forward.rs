@@ -13,7 +13,7 @@ use pingora::ErrorType;
 
 use crate::ops::metrics::Outcome;
 use crate::request::ctx::Ctx;
-use crate::request::respond::{write_reply, Reply};
+use crate::request::respond::{write_reply_as, Reply};
 use crate::request::routing::{Group, Routing};
 use crate::request::state::State;
 
@@ -173,8 +173,9 @@ pub async fn forward_buffered(
                 crate::request::head::log_path(session.req_header())
             );
             ctx.outcome = Some(Outcome::UpstreamError);
-            ctx.status = reply.status();
-            write_reply(session, &reply).await?;
+            let format = ctx.response_format();
+            ctx.status = reply.render(format).0;
+            write_reply_as(session, &reply, format).await?;
             return Ok(());
         }
     };

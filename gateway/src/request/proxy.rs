@@ -21,7 +21,7 @@ use crate::request::ctx::Ctx;
 use crate::request::decide::{check_senders, decide_head, Head, Verdict};
 use crate::request::forward::{forward_buffered, REPLAY_LIMIT};
 use crate::request::head::log_path;
-use crate::request::respond::{write_reply, Reply};
+use crate::request::respond::{write_reply_as, Reply};
 use crate::request::routing::Routing;
 use crate::request::state::State;
 
@@ -50,8 +50,9 @@ impl Proxy {
     ) -> Result<bool> {
         ctx.outcome = Some(outcome);
         ctx.reason = reason;
-        ctx.status = reply.status();
-        write_reply(session, &reply).await?;
+        let format = ctx.response_format();
+        ctx.status = reply.render(format).0;
+        write_reply_as(session, &reply, format).await?;
         Ok(true)
     }
 
@@ -246,9 +247,10 @@ impl ProxyHttp for Proxy {
         };
         let code = match reply {
             Some(r) if session.response_written().is_none() => {
-                ctx.status = r.status();
-                let _ = write_reply(session, &r).await;
-                r.status()
+                let format = ctx.response_format();
+                ctx.status = r.render(format).0;
+                let _ = write_reply_as(session, &r, format).await;
+                ctx.status
             }
             Some(r) => r.status(),
             None => 0,

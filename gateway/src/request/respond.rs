@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use scopegate_config::ResponseFormat;
 
 /// A response the gateway answers on its own, without the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +109,39 @@ impl Reply {
         error_body(self.code(), self.message())
     }
 
+    /// The status and body in `format`. Every byte-identical rule holds in
+    /// both: the body depends on the reply alone, never on why it was chosen.
+    pub fn render(&self, format: ResponseFormat) -> (u16, Bytes) {
+        match format {
+            ResponseFormat::Json => (self.status(), self.body()),
+            ResponseFormat::Postmark => {
+                let (status, code, message) = self.postmark();
+                (status, postmark_body(code, message))
+            }
+        }
+    }
+
+    /// Postmark's status, `ErrorCode` and message for this reply: 401/10 for
+    /// a missing or invalid token, 422/400 for a From the key may not send
+    /// as, 422/300 for a missing or unparseable From, 422/402 for invalid
+    /// JSON. Refusals Postmark has no code for keep their status, with
+    /// `ErrorCode` 0 (its clients then type the error by status: 404, 429,
+    /// 503, …).
+    fn postmark(&self) -> (u16, u32, &str) {
+        match self {
+            Reply::MissingKey => (
+                401,
+                10,
+                "No Account or Server API tokens were supplied in the HTTP headers. Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
+            ),
+            Reply::InvalidKey => (401, 10, "The API token you provided is not valid."),
+            Reply::SenderNotAllowed(m) => (422, 400, m),
+            Reply::InvalidSender(m) => (422, 300, m),
+            Reply::BadRequest("invalid_json", m) => (422, 402, m),
+            other => (other.status(), 0, other.message()),
+        }
+    }
+
     /// Extra headers beyond Content-Type and Content-Length.
     pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
         match self {
@@ -130,11 +164,27 @@ pub fn error_body(code: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&error_json(code, message)).expect("JSON of strings serialises"))
 }
 
-/// Writes a reply the gateway decided on, keeping the connection alive when
-/// the request body is fully read.
+/// `{"ErrorCode":n,"Message":"…"}`.
+pub fn postmark_body(code: u32, message: &str) -> Bytes {
+    let v = serde_json::json!({"ErrorCode": code, "Message": message});
+    Bytes::from(serde_json::to_vec(&v).expect("JSON of a number and a string serialises"))
+}
+
+/// Writes a reply in the default format (before a route's configuration is
+/// known); see [`write_reply_as`].
 pub async fn write_reply(session: &mut Session, reply: &Reply) -> pingora::Result<()> {
-    let body = reply.body();
-    let mut h = ResponseHeader::build(reply.status(), Some(4))?;
+    write_reply_as(session, reply, ResponseFormat::Json).await
+}
+
+/// Writes a reply the gateway decided on, in `format`, keeping the
+/// connection alive when the request body is fully read.
+pub async fn write_reply_as(
+    session: &mut Session,
+    reply: &Reply,
+    format: ResponseFormat,
+) -> pingora::Result<()> {
+    let (status, body) = reply.render(format);
+    let mut h = ResponseHeader::build(status, Some(4))?;
     h.insert_header("Content-Type", "application/json")?;
     h.insert_header("Content-Length", body.len().to_string())?;
     h.insert_header("Cache-Control", "no-store")?;
@@ -185,6 +235,46 @@ mod tests {
         assert_eq!(Reply::TooLarge.status(), 413);
         assert_eq!(Reply::BadGateway.status(), 502);
         assert_eq!(Reply::GatewayTimeout.status(), 504);
+    }
+
+    #[test]
+    fn the_postmark_envelope_has_postmarks_codes_and_statuses() {
+        let pm = |r: Reply| {
+            let (status, body) = r.render(ResponseFormat::Postmark);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (
+                status,
+                v["ErrorCode"].as_u64().unwrap(),
+                v["Message"].as_str().unwrap().to_string(),
+            )
+        };
+        assert_eq!(pm(Reply::MissingKey).0, 401);
+        assert_eq!(pm(Reply::MissingKey).1, 10);
+        assert_eq!(pm(Reply::InvalidKey).1, 10);
+        assert_eq!(
+            pm(Reply::SenderNotAllowed("message 2".into())),
+            (422, 400, "message 2".into())
+        );
+        assert_eq!(pm(Reply::InvalidSender("m".into())).1, 300);
+        assert_eq!(
+            pm(Reply::BadRequest("invalid_json", "m".into())),
+            (422, 402, "m".into())
+        );
+        assert_eq!(
+            pm(Reply::BadRequest("bad_path", "m".into())),
+            (400, 0, "m".into())
+        );
+        assert_eq!(pm(Reply::NotFound), (404, 0, "not found".into()));
+        assert_eq!(pm(Reply::StoreUnavailable).0, 503);
+        // One body for every 404, whatever the format.
+        assert_eq!(
+            Reply::NotFound.render(ResponseFormat::Postmark).1,
+            Bytes::from_static(br#"{"ErrorCode":0,"Message":"not found"}"#)
+        );
+        assert_eq!(
+            Reply::NotFound.render(ResponseFormat::Json).1,
+            Reply::NotFound.body()
+        );
     }
 
     #[test]
