@@ -175,6 +175,16 @@ impl Conn {
         }
     }
 
+    /// Reads one response, or `None` when the server closed the connection
+    /// before sending one.
+    pub fn try_read_response(&mut self) -> Option<Response> {
+        let peek = self.reader.fill_buf().ok()?;
+        if peek.is_empty() {
+            return None;
+        }
+        Some(self.read_response(false))
+    }
+
     /// Reads one response header block and returns its status, without a
     /// body: for `100 Continue` (or an early final answer) after sending
     /// only the request header.
