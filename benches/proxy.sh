@@ -23,6 +23,11 @@
 # each; --ab 0 skips it); medians of requests/s and CPU per request. On a
 # noisy VM this is the figure to quote for enforcing / pass-through.
 #
+# Per scenario, besides requests/s and latency: the proxy's CPU time, system
+# calls and context switches per request, counted by `perf stat -p` on the
+# proxy's processes during the measured run (linux-perf is installed when
+# missing; where the kernel refuses the events the columns say n/a and why).
+#
 # Installs wrk and nginx from Debian packages when missing, builds the release
 # binary, stops everything it started on exit, prints a table and writes it to
 # target/bench-proxy.md.
@@ -65,6 +70,7 @@ NGINX=$(command -v nginx || true)
 [[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
+command -v perf >/dev/null || missing+=(linux-perf)
 [[ -n $NGINX ]] || missing+=(nginx)
 if [[ ${#missing[@]} -gt 0 ]]; then
     log "installing ${missing[*]} (Debian packages)"
@@ -77,6 +83,21 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 fi
 [[ -x $NGINX ]] || die "nginx not found after installing it"
+# Debian's /usr/bin/perf looks for a binary named after the running kernel;
+# on another kernel (a VM's) use the newest packaged one.
+PERF=$(command -v perf || true)
+if [[ -n $PERF ]] && ! "$PERF" --version >/dev/null 2>&1; then
+    PERF=$(ls /usr/bin/perf_* 2>/dev/null | sort -V | tail -1 || true)
+fi
+PERF_EVENTS=raw_syscalls:sys_enter,task-clock,context-switches
+PERF_PROBLEM=""
+if [[ -z $PERF ]]; then
+    PERF_PROBLEM="perf is not available"
+elif ! PERF_ERR=$($SUDO "$PERF" stat -x, -e "$PERF_EVENTS" -- true 2>&1 >/dev/null) \
+    || grep -qi "not supported\|permission\|no access\|unknown" <<<"$PERF_ERR"; then
+    PERF_PROBLEM="the kernel refused perf's events ($PERF_EVENTS): $(echo "$PERF_ERR" | head -1)"
+fi
+[[ -z $PERF_PROBLEM ]] || log "per-request counters: n/a ($PERF_PROBLEM)"
 
 # ---------------------------------------------------------------- build
 log "cargo build --release -p scopegate-gateway"
@@ -170,6 +191,7 @@ export SCOPEGATE_PEPPER SCOPEGATE_ADMIN_TOKEN
 
 # ---------------------------------------------------------------- results
 NAMES=() RPS=() P50=() P99=() TOTAL=() NON2XX=() ERRS=() PROXY_CPU=() UP_CPU=()
+SYSCALLS=() CSWITCH=() PERF_CPU=()
 CLK_TCK=$(getconf CLK_TCK)
 PROXY_PIDS=()
 
@@ -217,11 +239,22 @@ bench() {
     local name=$1 port=$2 script=$3 path=$4 out p0 u0 p1 u1 total
     log "$name"
     wrk_run "$script" "http://127.0.0.1:$port$path" warm-up
+    local perf_pid="" perf_out=$TMP/perf-${#NAMES[@]}.csv
+    if [[ -z $PERF_PROBLEM && ${#PROXY_PIDS[@]} -gt 0 ]]; then
+        $SUDO "$PERF" stat -x, -e "$PERF_EVENTS" -o "$perf_out" \
+            -p "$(IFS=,; echo "${PROXY_PIDS[*]}")" >/dev/null 2>&1 &
+        perf_pid=$!
+        sleep 0.2 # attached before the measured run starts
+    fi
     p0=$(cpu_ticks "${PROXY_PIDS[@]}")
     u0=$(cpu_ticks "$UP_PID")
     out=$(wrk_run "$script" "http://127.0.0.1:$port$path" "$DURATION")
     p1=$(cpu_ticks "${PROXY_PIDS[@]}")
     u1=$(cpu_ticks "$UP_PID")
+    if [[ -n $perf_pid ]]; then
+        $SUDO kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+    fi
     echo "$out" | sed 's/^/    /' >&2
     total=$(wrk_total "$out")
     if [[ ${#PROXY_PIDS[@]} -gt 0 ]]; then
@@ -237,6 +270,15 @@ bench() {
     TOTAL+=("$total")
     NON2XX+=("$(echo "$out" | awk '/Non-2xx or 3xx responses:/ {print $NF}' | grep . || echo 0)")
     ERRS+=("$(echo "$out" | awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' | grep . || echo 0)")
+    if [[ -n $perf_pid && -s $perf_out ]]; then
+        # CSV: value,unit,event,... (task-clock in msec). The counters include
+        # the 0.2 s before the run and its tail: idle time, no requests.
+        SYSCALLS+=("$(awk -F, -v n="$total" '$3 ~ /raw_syscalls/ && n > 0 {printf "%.2f", $1 / n}' "$perf_out")")
+        CSWITCH+=("$(awk -F, -v n="$total" '$3 == "context-switches" && n > 0 {printf "%.2f", $1 / n}' "$perf_out")")
+        PERF_CPU+=("$(awk -F, -v n="$total" '$3 == "task-clock" && n > 0 {printf "%.1f", $1 * 1000 / n}' "$perf_out")")
+    else
+        SYSCALLS+=("n/a") CSWITCH+=("n/a") PERF_CPU+=("n/a")
+    fi
 }
 
 export KEYS_FILE=$TMP/keys.txt
@@ -425,10 +467,10 @@ REPORT=$(
     echo "- scenarios 1-4 use the same wrk script (a random key of $KEY_COUNT per request, GET /domains/{domain} in scope), so the client does the same work in each"
     echo "- with $(nproc) cores, wrk, the proxy and the upstream all compete for the same CPUs: requests/s are for comparing rows, not absolute capacity; the CPU columns are per request and do not depend on that sharing"
     echo
-    echo "| scenario | requests/s | p50 ms | p99 ms | proxy CPU µs/req | upstream CPU µs/req | requests | non-2xx | socket errors | note |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    echo "| scenario | requests/s | p50 ms | p99 ms | proxy CPU µs/req | proxy CPU µs/req (perf) | syscalls/req | context switches/req | upstream CPU µs/req | requests | non-2xx | socket errors | note |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     for i in "${!NAMES[@]}"; do
-        echo "| ${NAMES[$i]} | ${RPS[$i]} | ${P50[$i]} | ${P99[$i]} | ${PROXY_CPU[$i]} | ${UP_CPU[$i]} | ${TOTAL[$i]} | ${NON2XX[$i]} | ${ERRS[$i]} | ${NOTES[$i]} |"
+        echo "| ${NAMES[$i]} | ${RPS[$i]} | ${P50[$i]} | ${P99[$i]} | ${PROXY_CPU[$i]} | ${PERF_CPU[$i]} | ${SYSCALLS[$i]} | ${CSWITCH[$i]} | ${UP_CPU[$i]} | ${TOTAL[$i]} | ${NON2XX[$i]} | ${ERRS[$i]} | ${NOTES[$i]} |"
     done
     echo
     echo "| ratio (requests/s) | value |"
@@ -441,8 +483,16 @@ REPORT=$(
     echo "| p99 enforcing - p99 passthrough (ms) | $(awk -v a="${P99[3]}" -v b="${P99[2]}" 'BEGIN {printf "%.3f", a - b}') |"
     echo "| proxy CPU per request: enforcing / passthrough | $(ratio "${PROXY_CPU[3]}" "${PROXY_CPU[2]}") |"
     echo "| proxy CPU per request: enforcing / nginx | $(ratio "${PROXY_CPU[3]}" "${PROXY_CPU[1]}") |"
+    echo "| proxy CPU per request: passthrough / nginx | $(ratio "${PROXY_CPU[2]}" "${PROXY_CPU[1]}") |"
+    echo "| syscalls per request: enforcing / nginx | $(ratio "${SYSCALLS[3]}" "${SYSCALLS[1]}") |"
+    echo "| context switches per request: enforcing / nginx | $(ratio "${CSWITCH[3]}" "${CSWITCH[1]}") |"
     echo
     echo "CPU µs/req: user + system CPU time of the process (nginx: master and workers) during the measured run, from /proc, divided by the requests wrk completed. It is what one request costs the proxy, independent of how the 2 cores were shared."
+    if [[ -n $PERF_PROBLEM ]]; then
+        echo "Per-request counters: n/a — $PERF_PROBLEM."
+    else
+        echo "perf columns: \`perf stat -e $PERF_EVENTS -p <proxy pids>\` around the measured run (attached 0.2 s before it), divided by the requests wrk completed."
+    fi
     if [[ -n $AB_REPORT ]]; then
         echo
         echo "$AB_REPORT"
