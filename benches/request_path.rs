@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
         .map(|(s, d)| request(s, d))
         .collect();
     let metrics = Metrics::new();
+    let guard = scopegate_gateway::guard::Guard::new();
     let routing = Routing::build(Config::default(), &metrics).unwrap();
 
     let mut g = c.benchmark_group("request_path");
@@ -71,7 +72,7 @@ fn bench(c: &mut Criterion) {
             let req = &requests[i & 4095];
             i += 1;
             let mut ctx = Ctx::new();
-            let head = decide_head(&ks, &metrics, &routing, black_box(req), &mut ctx);
+            let head = decide_head(&ks, &guard, &metrics, &routing, black_box(req), &mut ctx);
             assert!(matches!(head, Head::Forward));
             let mut upstream = req.clone();
             rewrite_request(&mut upstream, &ctx, &routing).unwrap();

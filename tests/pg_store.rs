@@ -282,7 +282,7 @@ fn the_whole_model_round_trips_through_postgres() {
         Err(Refusal::ExpiredKey)
     );
     let status = ks.status();
-    let keys = ks.list_keys("o", None, NOW).unwrap();
+    let keys = ks.list_keys("o", None, None, NOW).unwrap();
     let users = ks.list_users("o").unwrap();
     let meta = ks.get_key(&ids[3], NOW).unwrap();
     drop(ks);
@@ -290,9 +290,12 @@ fn the_whole_model_round_trips_through_postgres() {
     let again = open(&url);
     assert_eq!(matrix(&again, &secrets), before);
     assert_eq!(again.status(), status);
-    assert_eq!(again.list_keys("o", None, NOW).unwrap(), keys);
+    assert_eq!(again.list_keys("o", None, None, NOW).unwrap(), keys);
     assert_eq!(
-        again.list_keys("o", Some("m1@o.test"), NOW).unwrap().len(),
+        again
+            .list_keys("o", Some("m1@o.test"), None, NOW)
+            .unwrap()
+            .len(),
         4
     );
     assert_eq!(again.list_users("o").unwrap(), users);

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::error::{ConfigError, Problem};
 use crate::model::{
-    AccessLog, Config, Fleet, KeyHeader, KeySources, Limits, LogFormat, LogSettings,
-    ResponseFormat, SecretSources, UpstreamGroup,
+    AccessLog, BruteForce, Config, Fleet, KeyHeader, KeySources, Limits, LogFormat, LogSettings,
+    ResponseFormat, SecretSources, UpstreamGroup, Usage,
 };
 use crate::route::{default_routes_for, Messages, PathPattern, Route, SenderSpec, Target};
 use crate::validate::RouteContext;
@@ -37,7 +37,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 
 /// Sort key for a problem: top-level section in schema order, then route index.
 fn file_order(key: &str) -> (usize, usize) {
-    const SECTIONS: [&str; 13] = [
+    const SECTIONS: [&str; 15] = [
         "listen",
         "admin_listen",
         "threads",
@@ -45,6 +45,8 @@ fn file_order(key: &str) -> (usize, usize) {
         "store",
         "response_format",
         "fleet",
+        "usage",
+        "brute_force",
         "secrets",
         "keys",
         "limits",
@@ -74,6 +76,10 @@ struct RawConfig {
     #[serde(default)]
     fleet: RawFleet,
     #[serde(default)]
+    usage: RawUsage,
+    #[serde(default)]
+    brute_force: RawBruteForce,
+    #[serde(default)]
     secrets: RawSecrets,
     #[serde(default)]
     keys: RawKeys,
@@ -90,6 +96,19 @@ struct RawConfig {
 struct RawFleet {
     poll_interval_ms: Option<u64>,
     max_staleness_ms: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    flush_interval_ms: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBruteForce {
+    attempts_per_minute: Option<u32>,
+    block_seconds: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -181,6 +200,8 @@ impl RawConfig {
             store,
             response_format,
             fleet,
+            usage,
+            brute_force,
             secrets,
             keys,
             limits,
@@ -252,6 +273,17 @@ impl RawConfig {
                 max_staleness: ms(fleet.max_staleness_ms, d.fleet.max_staleness),
             },
             response_format,
+            usage: Usage {
+                flush_interval: ms(usage.flush_interval_ms, d.usage.flush_interval),
+            },
+            brute_force: BruteForce {
+                attempts_per_minute: brute_force
+                    .attempts_per_minute
+                    .unwrap_or(d.brute_force.attempts_per_minute),
+                block: brute_force
+                    .block_seconds
+                    .map_or(d.brute_force.block, Duration::from_secs),
+            },
             secrets: secrets.into_sources(d.secrets),
             keys: keys.into_sources(d.keys),
             limits,

@@ -48,8 +48,8 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    AccessLog, Config, Fleet, KeyHeader, KeySources, Limits, LogFormat, LogSettings,
-    ResponseFormat, SecretSources, UpstreamGroup,
+    AccessLog, BruteForce, Config, Fleet, KeyHeader, KeySources, Limits, LogFormat, LogSettings,
+    ResponseFormat, SecretSources, UpstreamGroup, Usage,
 };
 pub use overrides::Overrides;
 pub use route::{Messages, PathPattern, Route, Segment, SenderSpec, Target};

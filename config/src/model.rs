@@ -34,6 +34,10 @@ pub struct Config {
     pub fleet: Fleet,
     /// `response_format`: the shape of the answers the gateway writes itself.
     pub response_format: ResponseFormat,
+    /// `[usage]`: how often key usage counted in memory is written to the store.
+    pub usage: Usage,
+    /// `[brute_force]`: how failed key attempts per client address are limited.
+    pub brute_force: BruteForce,
     /// `[secrets]`: where the pepper and admin tokens come from (never the values).
     pub secrets: SecretSources,
     /// `[keys]`: where API keys are read from on each request.
@@ -59,6 +63,8 @@ impl Default for Config {
             store: PathBuf::from("scopegate.db"),
             fleet: Fleet::default(),
             response_format: ResponseFormat::default(),
+            usage: Usage::default(),
+            brute_force: BruteForce::default(),
             secrets: SecretSources::default(),
             keys: KeySources::default(),
             log: LogSettings::default(),
@@ -248,6 +254,42 @@ impl Default for Fleet {
         Fleet {
             poll_interval: Duration::from_millis(500),
             max_staleness: Duration::from_millis(5000),
+        }
+    }
+}
+
+/// How key usage (last used, request counts) reaches the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// `flush_interval_ms`: how often the usage counted in memory is written
+    /// in one batch; a crash loses at most this long of usage.
+    pub flush_interval: Duration,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage {
+            flush_interval: Duration::from_millis(2000),
+        }
+    }
+}
+
+/// Failed key attempts (malformed or unknown keys) per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BruteForce {
+    /// `attempts_per_minute`: failures an address may make in a minute;
+    /// the next request is refused (429) and so is everything from that
+    /// address for `block`. 0 turns the limit off (the default).
+    pub attempts_per_minute: u32,
+    /// `block_seconds`: how long a blocked address stays blocked.
+    pub block: Duration,
+}
+
+impl Default for BruteForce {
+    fn default() -> Self {
+        BruteForce {
+            attempts_per_minute: 0,
+            block: Duration::from_secs(300),
         }
     }
 }

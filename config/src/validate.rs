@@ -97,6 +97,18 @@ impl Config {
                 ),
             );
         }
+        out.millis(
+            "usage.flush_interval_ms",
+            self.usage.flush_interval,
+            100,
+            TEN_MINUTES_MS,
+        );
+        if self.brute_force.block.is_zero() || self.brute_force.block.as_secs() > 86_400 {
+            out.push(
+                "brute_force.block_seconds",
+                "must be between 1 and 86400 seconds".to_string(),
+            );
+        }
         check_secrets(&self.secrets, &mut out);
         check_keys(&self.keys, &self.routes, &mut out);
         check_limits(&self.limits, &mut out);

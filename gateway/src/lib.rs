@@ -33,7 +33,7 @@ pub use pingora;
 
 pub use ops::{accesslog, metrics};
 pub use request::state::State;
-pub use request::{canon, decide, forward, keys, respond, routing, sender};
+pub use request::{canon, decide, forward, guard, keys, respond, routing, sender};
 pub use tools::{demo, loadtest, mock, offline};
 
 /// The phases and their per-request state, at the path the benches use

@@ -9,6 +9,8 @@
 //! 5. [`decide`]: the decision, a synchronous function of the key store's
 //!    snapshot, the routing, the request head and (for sends) the body; every
 //!    DESIGN rule about who may do what is enforced from here.
+//!    [`guard`]: per-key rate limits and per-address brute-force limits
+//!    beside the decision.
 //! 6. [`forward`]: the upstream peer, the rewritten request, and the
 //!    gateway's own path for bodies past Pingora's replay buffer.
 //! 7. [`respond`]: every status and JSON error body the gateway writes.
@@ -27,6 +29,7 @@ pub mod canon;
 pub mod ctx;
 pub mod decide;
 pub mod forward;
+pub mod guard;
 pub mod head;
 pub mod keys;
 pub mod proxy;

@@ -139,6 +139,65 @@ impl BackgroundService for HealthChecks {
     }
 }
 
+/// Writes key usage counted in memory to the store every
+/// `usage.flush_interval_ms` (and once more at shutdown), and sweeps the
+/// rate-limit buckets and brute-force strikes that no longer matter.
+struct Housekeeping {
+    state: Arc<State>,
+}
+
+impl Housekeeping {
+    /// One usage batch, counted in metrics; a failure is logged and the
+    /// batch is kept for the next try.
+    fn flush(state: &State) {
+        let result = state.keystore.flush_usage();
+        let label = if result.is_ok() { "ok" } else { "error" };
+        state
+            .metrics
+            .usage_flushes
+            .with_label_values(&[label])
+            .inc();
+        if let Err(e) = result {
+            log::warn!("cannot write key usage to the store ({e}); kept for the next batch");
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_sweep = Instant::now();
+        loop {
+            let every = self.state.routing.load().config.usage.flush_interval;
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let state = Arc::clone(&self.state);
+            let sweep = last_sweep.elapsed() >= crate::request::guard::SWEEP_EVERY;
+            if sweep {
+                last_sweep = Instant::now();
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                Self::flush(&state);
+                if sweep {
+                    let snap = state.keystore.snapshot();
+                    state.guard.sweep(|id| {
+                        let side = snap.side(id)?;
+                        side.policy
+                            .as_ref()?
+                            .rate_limit
+                            .or_else(|| snap.orgs.get(side.usage.org_slot)?.as_ref()?.rate_limit)
+                    });
+                }
+            })
+            .await;
+        }
+        let state = Arc::clone(&self.state);
+        let _ = tokio::task::spawn_blocking(move || Self::flush(&state)).await;
+    }
+}
+
 /// Marks the gateway as listening once Pingora has started its services.
 struct Started {
     state: Arc<State>,
@@ -210,6 +269,7 @@ pub fn build_state(
         config_path: launch.config_path.clone(),
         overrides: launch.overrides.clone(),
         listening: Default::default(),
+        guard: Default::default(),
         passthrough: launch.passthrough.clone(),
         follower: Some(start_follower(
             &launch.keystore,
@@ -299,6 +359,12 @@ pub fn run_with_state(
         },
     ));
     server.add_service(background_service(
+        "scopegate-housekeeping",
+        Housekeeping {
+            state: Arc::clone(&state),
+        },
+    ));
+    server.add_service(background_service(
         "scopegate-started",
         Started {
             state: Arc::clone(&state),
@@ -308,6 +374,8 @@ pub fn run_with_state(
         shutdown_signal: shutdown,
     });
     state.listening.store(false, Ordering::SeqCst);
+    // What was counted after the last batch (a graceful stop loses no usage).
+    Housekeeping::flush(&state);
     Ok(())
 }
 

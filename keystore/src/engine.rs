@@ -12,8 +12,8 @@ use crate::model::{
 };
 use crate::secret::{self, Hashed, Pepper};
 use crate::snapshot::{
-    key_entry, org_entry, user_entry, Interner, OrgEntry, Refusal, Snapshot, Target, UserEntry,
-    UserKey,
+    key_entry, org_entry, user_entry, Interner, KeyEntry, KeySide, OrgEntry, Policy, Refusal,
+    Snapshot, Target, UsageCell, UserEntry, UserKey,
 };
 use crate::store::{Audit, Change, Store, StoreError};
 
@@ -141,6 +141,19 @@ pub struct NewKey {
     pub name: Option<String>,
     /// An existing secret to import (any printable format); `None` = generate one.
     pub secret: Option<String>,
+    /// The key's own rate limit; `None` = the organisation's default.
+    pub rate_limit: Option<crate::RateLimit>,
+    /// A narrower scope to try (domain -> level); see [`crate::KeyLifecycle::shadow`].
+    pub shadow: Option<BTreeMap<String, Access>>,
+}
+
+/// What `PATCH /v1/keys/{id}` changes; a field left `None` stays as it is.
+#[derive(Clone, Debug, Default)]
+pub struct KeyPatch {
+    /// `Some(None)` removes the key's own limit.
+    pub rate_limit: Option<Option<crate::RateLimit>>,
+    /// `Some(None)` removes the shadow scope.
+    pub shadow: Option<Option<BTreeMap<String, Access>>>,
 }
 
 /// A created key: the only time its secret is ever available.
@@ -333,7 +346,7 @@ impl KeyStore {
         let mut intern = Interner::default();
         let fresh = Freshness::new();
         let started = fresh.now_us();
-        let snapshot = load(store.as_mut(), &mut intern)?;
+        let snapshot = load(store.as_mut(), &mut intern, None)?;
         fresh.confirm(started);
         Ok(KeyStore {
             kind: store.kind(),
@@ -432,7 +445,7 @@ impl KeyStore {
                 applied += 1;
             }
             if !complete {
-                let fresh = load(store.as_mut(), intern)?;
+                let fresh = load(store.as_mut(), intern, Some(&cur))?;
                 let version = fresh.version;
                 self.current.store(Arc::new(fresh));
                 self.fresh.reloads.fetch_add(1, Ordering::Relaxed);
@@ -880,31 +893,238 @@ impl KeyStore {
         })
     }
 
-    /// Metadata of one key.
-    pub fn get_key(&self, id: &str, now: i64) -> Result<KeyMeta, Error> {
-        lock(&self.writer)
-            .store
-            .get_key(id)?
-            .map(|k| k.meta(now))
-            .ok_or_else(|| key_missing(id))
+    /// Rotates a key: a new secret for the same scope, creator, name, rate
+    /// limit and shadow, and the old key expires `grace_seconds` from `now`
+    /// (or at its own expiry, if that comes first). Until then both work,
+    /// and uses of the old one are counted as grace uses.
+    pub fn rotate_key(
+        &self,
+        actor: &str,
+        id: &str,
+        grace_seconds: u32,
+        now: i64,
+    ) -> Result<Applied<(CreatedKey, KeyMeta)>, Error> {
+        self.write(
+            actor,
+            |snap, store| {
+                let old = store.get_key(id)?.ok_or_else(|| key_missing(id))?;
+                if old.revoked_at.is_some() || old.expires_at.is_some_and(|e| e <= now) {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        "key_not_live",
+                        format!("key {id} is revoked or expired; create a new key instead"),
+                    ));
+                }
+                let u = existing_user(snap, &old.org, &old.user)?;
+                if u.status != Status::Active || u.uid != old.user_uid {
+                    return Err(Error::rule(
+                        "user_deactivated",
+                        format!("{} is no longer active and cannot hold new keys", old.user),
+                    ));
+                }
+                let end = now.saturating_add(i64::from(grace_seconds));
+                let expires_at = old.expires_at.map_or(end, |e| e.min(end));
+                let secret = secret::generate();
+                let new = KeyRecord {
+                    id: secret::generate_id(),
+                    digest: self.pepper.digest(&secret),
+                    locator: self.pepper.locator(&secret),
+                    created_at: now,
+                    revoked_at: None,
+                    lifecycle: crate::KeyLifecycle {
+                        rotated_at: None,
+                        replaced_by: None,
+                        ..old.lifecycle.clone()
+                    },
+                    ..old.clone()
+                };
+                let mut old_after = old.clone();
+                old_after.expires_at = Some(expires_at);
+                old_after.lifecycle.rotated_at = Some(now);
+                old_after.lifecycle.replaced_by = Some(new.id.clone());
+                let created = CreatedKey {
+                    secret,
+                    meta: new.meta(now),
+                };
+                Ok(Some((
+                    Change::RotateKey {
+                        id: id.to_string(),
+                        key: old.hashed(),
+                        at: now,
+                        expires_at,
+                        new: Box::new(new),
+                    },
+                    (created, old_after.meta(now)),
+                )))
+            },
+            || unreachable!("a rotation always changes something"),
+        )
     }
 
-    /// Metadata of an organisation's keys, optionally one user's.
+    /// Changes a key's rate limit or shadow scope.
+    pub fn update_key(
+        &self,
+        actor: &str,
+        id: &str,
+        patch: KeyPatch,
+        now: i64,
+    ) -> Result<Applied<KeyMeta>, Error> {
+        if let Some(Some(limit)) = patch.rate_limit {
+            valid_rate_limit(limit)?;
+        }
+        let mut meta = None;
+        let applied = self.write(
+            actor,
+            |snap, store| {
+                let mut rec = store.get_key(id)?.ok_or_else(|| key_missing(id))?;
+                if let Some(limit) = patch.rate_limit {
+                    rec.lifecycle.rate_limit = limit;
+                }
+                if let Some(shadow) = &patch.shadow {
+                    rec.lifecycle.shadow = shadow
+                        .as_ref()
+                        .map(|sh| plan_shadow(snap, &rec.org, &rec.scope, sh))
+                        .transpose()?;
+                }
+                meta = Some(rec.meta(now));
+                Ok(Some((
+                    Change::UpdateKey {
+                        id: id.to_string(),
+                        key: rec.hashed(),
+                        rate_limit: rec.lifecycle.rate_limit,
+                        shadow: rec.lifecycle.shadow.clone(),
+                    },
+                    (),
+                )))
+            },
+            || (),
+        )?;
+        Ok(Applied {
+            value: meta.expect("the plan records the key's metadata before succeeding"),
+            version: applied.version,
+        })
+    }
+
+    /// Sets (or with `None` clears) an organisation's default rate limit.
+    pub fn set_org_rate_limit(
+        &self,
+        actor: &str,
+        org: &str,
+        rate_limit: Option<crate::RateLimit>,
+    ) -> Result<Applied<()>, Error> {
+        if let Some(limit) = rate_limit {
+            valid_rate_limit(limit)?;
+        }
+        self.write(
+            actor,
+            |snap, _| {
+                snap.org(org).ok_or_else(|| org_missing(org))?;
+                Ok(Some((
+                    Change::SetOrgRateLimit {
+                        org: org.to_string(),
+                        rate_limit,
+                    },
+                    (),
+                )))
+            },
+            || (),
+        )
+    }
+
+    /// An organisation's default rate limit.
+    pub fn org_rate_limit(&self, org: &str) -> Result<Option<crate::RateLimit>, Error> {
+        let snap = self.snapshot();
+        Ok(snap.org(org).ok_or_else(|| org_missing(org))?.rate_limit)
+    }
+
+    /// Writes the usage counted in memory since the last call to the
+    /// store, in one transaction, and returns how many keys it covered.
+    /// What a crash loses is what was counted since the last call that
+    /// succeeded. On failure the batch is put back, to be written next time.
+    pub fn flush_usage(&self) -> Result<usize, Error> {
+        let snap = self.snapshot_arc();
+        let mut batch = Vec::new();
+        let mut cells = Vec::new();
+        for (id, side) in snap.sides.iter() {
+            let (last, requests, grace) = side.usage.take();
+            if requests == 0 {
+                continue;
+            }
+            let org = snap
+                .orgs
+                .get(side.usage.org_slot)
+                .and_then(Option::as_ref)
+                .map_or_else(String::new, |o| o.name.to_string());
+            batch.push(crate::UsageDelta {
+                id: secret::format_id(*id),
+                org,
+                last_used_at: i64::from(last),
+                requests,
+                grace_uses: grace,
+            });
+            cells.push(Arc::clone(&side.usage));
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = lock(&self.writer).store.add_usage(&batch) {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (cell, d) in cells.iter().zip(&batch) {
+                cell.requests.fetch_add(d.requests, Relaxed);
+                cell.grace_uses.fetch_add(d.grace_uses, Relaxed);
+            }
+            return Err(e.into());
+        }
+        Ok(batch.len())
+    }
+
+    /// Usage of a key: what the store has plus what this instance counted
+    /// and has not written yet.
+    fn usage_of(&self, rec: &KeyRecord, stored: Option<crate::Usage>) -> crate::Usage {
+        let mut u = stored.unwrap_or_default();
+        if let Some(side) = secret::parse_id(&rec.id).and_then(|n| self.snapshot().side(n).cloned())
+        {
+            let (last, requests, grace) = side.usage.pending();
+            u.last_used_at = u.last_used_at.max(i64::from(last));
+            u.requests += requests;
+            u.grace_uses += grace;
+        }
+        u
+    }
+
+    /// Metadata of one key, with its usage.
+    pub fn get_key(&self, id: &str, now: i64) -> Result<KeyMeta, Error> {
+        let mut w = lock(&self.writer);
+        let rec = w.store.get_key(id)?.ok_or_else(|| key_missing(id))?;
+        let stored = w.store.usage(&rec.org, Some(id))?.pop().map(|(_, u)| u);
+        drop(w);
+        Ok(rec.meta(now).with_usage(self.usage_of(&rec, stored)))
+    }
+
+    /// Metadata of an organisation's keys, optionally one user's, with
+    /// their usage; with `unused_since`, only keys not used since then
+    /// (never used ones included).
     pub fn list_keys(
         &self,
         org: &str,
         user: Option<&str>,
+        unused_since: Option<i64>,
         now: i64,
     ) -> Result<Vec<KeyMeta>, Error> {
         if self.snapshot().org(org).is_none() {
             return Err(org_missing(org));
         }
         let user = user.map(canonical_user_id).transpose()?;
-        Ok(lock(&self.writer)
-            .store
-            .list_keys(org, user.as_deref())?
+        let mut w = lock(&self.writer);
+        let keys = w.store.list_keys(org, user.as_deref())?;
+        let mut stored: hashbrown::HashMap<String, crate::Usage> =
+            w.store.usage(org, None)?.into_iter().collect();
+        drop(w);
+        Ok(keys
             .iter()
-            .map(|k| k.meta(now))
+            .map(|k| (k, self.usage_of(k, stored.remove(&k.id))))
+            .filter(|(_, u)| unused_since.is_none_or(|t| u.last_used_at < t))
+            .map(|(k, u)| k.meta(now).with_usage(u))
             .collect())
     }
 
@@ -1101,6 +1321,14 @@ fn plan_key(
         };
         KeyScope::Domains(chosen.into_iter().map(|d| (d, access)).collect())
     };
+    if let Some(limit) = k.rate_limit {
+        valid_rate_limit(limit)?;
+    }
+    let shadow = k
+        .shadow
+        .as_ref()
+        .map(|sh| plan_shadow(snap, org, &scope, sh))
+        .transpose()?;
     let secret = match k.secret {
         Some(s) => {
             if secret::classify(&s).is_err() {
@@ -1125,23 +1353,80 @@ fn plan_key(
         name: k.name,
         created_at: now,
         revoked_at: None,
+        lifecycle: crate::KeyLifecycle {
+            rate_limit: k.rate_limit,
+            shadow,
+            rotated_at: None,
+            replaced_by: None,
+        },
     };
     Ok((record, secret))
 }
 
+/// A rate limit must let something through.
+fn valid_rate_limit(limit: crate::RateLimit) -> Result<(), Error> {
+    if limit.per_second == 0 || limit.burst == 0 {
+        return Err(Error::invalid(
+            "invalid_rate_limit",
+            "rate_limit needs per_second and burst of at least 1",
+        ));
+    }
+    Ok(())
+}
+
+/// Canonical shadow scope, checked to be no wider than `scope`: every
+/// domain one the key covers, at a level no higher than the key's.
+fn plan_shadow(
+    snap: &Snapshot,
+    org: &str,
+    scope: &KeyScope,
+    shadow: &BTreeMap<String, Access>,
+) -> Result<BTreeMap<String, Access>, Error> {
+    let org_entry = snap.org(org).ok_or_else(|| org_missing(org))?;
+    let mut out = BTreeMap::new();
+    for (d, a) in shadow {
+        let d = canonical(d)?;
+        let declared = match scope {
+            KeyScope::OrgWide => org_entry
+                .domains
+                .contains_key(d.as_str())
+                .then_some(Access::ReadWrite),
+            KeyScope::Domains(m) => m.get(&d).copied(),
+        };
+        if declared.is_none_or(|own| *a > own) {
+            return Err(Error::rule(
+                "shadow_wider",
+                format!("the shadow scope must be narrower than the key's: it gives {d} {a}, which the key does not have"),
+            ));
+        }
+        out.insert(d, *a);
+    }
+    Ok(out)
+}
+
 /// Builds a snapshot from the whole store.
-fn load(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error> {
+/// `prev`, the snapshot being replaced, lends its usage cells, so what was
+/// counted and not yet written survives a reload.
+fn load(
+    store: &mut dyn Store,
+    intern: &mut Interner,
+    prev: Option<&Snapshot>,
+) -> Result<Snapshot, Error> {
     // One read transaction: the version and the rows must agree even while
     // other instances commit.
     store.begin_read()?;
-    let snap = load_in_read(store, intern);
+    let snap = load_in_read(store, intern, prev);
     let end = store.end_read();
     let snap = snap?;
     end?;
     Ok(snap)
 }
 
-fn load_in_read(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot, Error> {
+fn load_in_read(
+    store: &mut dyn Store,
+    intern: &mut Interner,
+    prev: Option<&Snapshot>,
+) -> Result<Snapshot, Error> {
     let (version, changed_at_ms) = store.version()?;
     let mut snap = Snapshot::empty();
     snap.version = version;
@@ -1152,6 +1437,16 @@ fn load_in_read(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot
             .orgs
             .push(Some(Arc::new(org_entry(uid, &id, &domains, intern))));
         org_ids.push((intern.get(&id), slot));
+    }
+    for (org, limit) in store.org_rate_limits()? {
+        let Some(&(_, slot)) = org_ids.iter().find(|(id, _)| **id == *org) else {
+            continue;
+        };
+        if let Some(Some(entry)) = snap.orgs.get(slot) {
+            let mut entry = (**entry).clone();
+            entry.rate_limit = Some(limit);
+            snap.orgs.set(slot, Some(Arc::new(entry)));
+        }
     }
     let org_slot: hashbrown::HashMap<Arc<str>, u32> = org_ids.iter().cloned().collect();
     let mut user_ids = Vec::new();
@@ -1176,6 +1471,7 @@ fn load_in_read(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot
     let slot_of_uid: hashbrown::HashMap<u64, u32> = user_slots.iter().copied().collect();
     let mut live = 0;
     let mut bad_id = None;
+    let mut sides = Vec::new();
     store.for_each_key(&mut |k| {
         if k.revoked_at.is_none() {
             live += 1;
@@ -1184,11 +1480,13 @@ fn load_in_read(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot
         let slot = slot_of_uid.get(&k.user_uid).copied().unwrap_or(u32::MAX);
         match key_entry(&k, slot, holders(&snap, slot), intern) {
             Some(e) => {
+                sides.push((e.id, side(&k, &e, prev, intern)));
                 snap.keys.insert(k.hashed(), e);
             }
             None => bad_id = Some(k.id),
         }
     })?;
+    snap.sides = crate::ShardMap::from_entries(sides);
     if let Some(id) = bad_id {
         return Err(
             StoreError::Incompatible(format!("key id {id:?} is not a scopegate key id")).into(),
@@ -1207,8 +1505,13 @@ fn load_in_read(store: &mut dyn Store, intern: &mut Interner) -> Result<Snapshot
 fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
     match change {
         Change::PutOrg { org, uid, domains } => {
-            let entry = Arc::new(org_entry(*uid, org, domains, intern));
-            match snap.org_ids.get(org.as_str()).copied() {
+            let mut entry = org_entry(*uid, org, domains, intern);
+            let slot = snap.org_ids.get(org.as_str()).copied();
+            entry.rate_limit = slot
+                .and_then(|s| snap.orgs.get(s)?.as_ref())
+                .and_then(|o| o.rate_limit);
+            let entry = Arc::new(entry);
+            match slot {
                 Some(slot) => snap.orgs.set(slot, Some(entry)),
                 None => {
                     let name = Arc::clone(&entry.name);
@@ -1239,21 +1542,104 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
         }
         Change::CreateKeys { keys } => {
             for k in keys {
-                // Planned against an existing user; a key whose user is gone
-                // points at no slot and is refused, as on a full load.
-                let slot = snap
-                    .user_slots
-                    .get(&k.user_uid)
-                    .copied()
-                    .unwrap_or(u32::MAX);
-                // Ids are generated (or checked on import) by scopegate.
-                if let Some(entry) = key_entry(k, slot, holders(snap, slot), intern) {
-                    snap.keys.insert(k.hashed(), entry);
-                    snap.live_keys += 1;
-                }
+                add_key(snap, k, intern);
             }
         }
         Change::RevokeKey { key, .. } => revoke_all(snap, std::slice::from_ref(key)),
+        Change::RotateKey {
+            key,
+            expires_at,
+            new,
+            ..
+        } => {
+            if let Some(e) = snap.keys.get(key) {
+                let mut e = e.clone();
+                e.expires_at = (*expires_at).clamp(0, i64::from(u32::MAX) - 1) as u32;
+                let policy = snap.sides.get(&e.id).and_then(|s| s.policy.as_deref());
+                let mut policy = policy.cloned().unwrap_or_default();
+                policy.rotated = true;
+                set_policy(snap, e.id, Some(Arc::new(policy)));
+                snap.keys.insert(*key, e);
+            }
+            add_key(snap, new, intern);
+        }
+        Change::UpdateKey {
+            key,
+            rate_limit,
+            shadow,
+            ..
+        } => {
+            if let Some(e) = snap.keys.get(key) {
+                let e = e.clone();
+                let rotated = snap
+                    .sides
+                    .get(&e.id)
+                    .and_then(|s| s.policy.as_ref())
+                    .is_some_and(|p| p.rotated);
+                let lifecycle = crate::KeyLifecycle {
+                    rate_limit: *rate_limit,
+                    shadow: shadow.clone(),
+                    rotated_at: rotated.then_some(0),
+                    replaced_by: None,
+                };
+                set_policy(snap, e.id, crate::snapshot::policy(&lifecycle, &e, intern));
+            }
+        }
+        Change::SetOrgRateLimit { org, rate_limit } => {
+            if let Some(slot) = snap.org_ids.get(org.as_str()).copied() {
+                if let Some(Some(o)) = snap.orgs.get(slot) {
+                    let mut o = (**o).clone();
+                    o.rate_limit = *rate_limit;
+                    snap.orgs.set(slot, Some(Arc::new(o)));
+                }
+            }
+        }
+    }
+}
+
+/// Adds one created key to a snapshot copy.
+fn add_key(snap: &mut Snapshot, k: &KeyRecord, intern: &mut Interner) {
+    // Planned against an existing user; a key whose user is gone points at
+    // no slot and is refused, as on a full load.
+    let slot = snap
+        .user_slots
+        .get(&k.user_uid)
+        .copied()
+        .unwrap_or(u32::MAX);
+    // Ids are generated (or checked on import) by scopegate.
+    if let Some(entry) = key_entry(k, slot, holders(snap, slot), intern) {
+        let side = side(k, &entry, None, intern);
+        snap.sides.insert(entry.id, side);
+        snap.keys.insert(k.hashed(), entry);
+        snap.live_keys += 1;
+    }
+}
+
+/// A key's usage cell (`prev`'s when it has one) and policy.
+fn side(k: &KeyRecord, e: &KeyEntry, prev: Option<&Snapshot>, intern: &mut Interner) -> KeySide {
+    let usage = prev
+        .and_then(|p| p.sides.get(&e.id))
+        .map(|s| Arc::clone(&s.usage))
+        .unwrap_or_else(|| {
+            Arc::new(UsageCell {
+                org_slot: e.org_slot,
+                ..UsageCell::default()
+            })
+        });
+    KeySide {
+        usage,
+        policy: crate::snapshot::policy(&k.lifecycle, e, intern),
+    }
+}
+
+/// Replaces a key's policy, keeping its usage cell.
+fn set_policy(snap: &mut Snapshot, id: u64, policy: Option<Arc<Policy>>) {
+    if let Some(side) = snap.sides.get(&id) {
+        let side = KeySide {
+            usage: Arc::clone(&side.usage),
+            policy,
+        };
+        snap.sides.insert(id, side);
     }
 }
 

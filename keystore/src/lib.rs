@@ -45,16 +45,18 @@ pub mod time;
 pub use digest_map::DigestMap;
 pub use engine::Followed;
 pub use engine::{
-    Applied, Counts, CreatedKey, Decision, DomainInput, Error, ErrorKind, Identity, KeyStore,
-    NewKey, UserInput,
+    Applied, Counts, CreatedKey, Decision, DomainInput, Error, ErrorKind, Identity, KeyPatch,
+    KeyStore, NewKey, UserInput,
 };
 pub use follow::{FollowEvent, Follower};
 pub use model::{
-    canonical_domain, canonical_domain_cow, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role,
-    Status, UserRecord,
+    canonical_domain, canonical_domain_cow, Access, Domain, KeyLifecycle, KeyMeta, KeyRecord,
+    KeyScope, RateLimit, Role, Status, Usage, UserRecord,
 };
 pub use secret::{Digest, Hashed, Locator, Pepper};
 pub use shardmap::ShardMap;
-pub use snapshot::{DomainRef, KeyDomains, Principal, Refusal, Snapshot, Target};
+pub use snapshot::{
+    DomainRef, KeyDomains, KeySide, Policy, Principal, Refusal, Snapshot, Target, UsageCell,
+};
 pub use sqlite::SqliteStore;
-pub use store::{Audit, Change, LogEntry, Store, StoreError, Watcher};
+pub use store::{Audit, Change, LogEntry, Store, StoreError, UsageDelta, Watcher};

@@ -199,6 +199,72 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// Unix seconds; set once, never cleared.
     pub revoked_at: Option<i64>,
+    /// Rate limit, shadow scope and rotation: what a key's lifecycle adds
+    /// to it (absent in log entries and rows written before it existed).
+    #[serde(default)]
+    pub lifecycle: KeyLifecycle,
+}
+
+/// A token bucket's settings: `per_second` tokens added each second, at
+/// most `burst` held; a request takes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second (at least 1).
+    pub per_second: u32,
+    /// Requests that may arrive at once after a quiet spell (at least 1).
+    pub burst: u32,
+}
+
+/// What a key carries beyond its scope: limits, a shadow scope and where it
+/// stands in a rotation. Kept together because all of it is optional and
+/// most keys have none of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLifecycle {
+    /// The key's own rate limit; `None` falls back to its organisation's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// A narrower scope being tried: requests it would refuse are admitted
+    /// and counted `would_refuse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<BTreeMap<String, Access>>,
+    /// Unix seconds when the key was rotated (its grace then ends at `expires_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<i64>,
+    /// The id of the key that replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+}
+
+impl KeyLifecycle {
+    /// Whether there is nothing to store.
+    pub fn is_empty(&self) -> bool {
+        *self == KeyLifecycle::default()
+    }
+}
+
+/// A key's lifecycle as a store keeps it: JSON, or `NULL` for none.
+pub fn lifecycle_json(l: &KeyLifecycle) -> Option<String> {
+    (!l.is_empty()).then(|| serde_json::to_string(l).expect("a key lifecycle serialises"))
+}
+
+/// Reads back what [`lifecycle_json`] wrote.
+pub fn parse_lifecycle(text: Option<&str>) -> Result<KeyLifecycle, String> {
+    text.map_or(Ok(KeyLifecycle::default()), |t| {
+        serde_json::from_str(t).map_err(|e| format!("bad key lifecycle in store: {e}"))
+    })
+}
+
+/// How a key has been used, as the store keeps it (written in batches, see
+/// `KeyStore::flush_usage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Unix seconds of the last admitted request; 0 = never.
+    pub last_used_at: i64,
+    /// Admitted requests counted since usage tracking began.
+    pub requests: u64,
+    /// Of those, the ones made after the key was rotated (during its grace).
+    pub grace_uses: u64,
 }
 
 impl KeyRecord {
@@ -237,6 +303,37 @@ pub struct KeyMeta {
     pub revoked_at: Option<String>,
     /// `active`, `revoked` or `expired` at the time of the call.
     pub state: &'static str,
+    /// The key's own rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// The shadow scope being tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<BTreeMap<String, Access>>,
+    /// RFC 3339, if the key was rotated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<String>,
+    /// The key that replaced this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+    /// RFC 3339 of the last admitted request (to the second), if any.
+    pub last_used_at: Option<String>,
+    /// Admitted requests since usage tracking began.
+    pub requests: u64,
+    /// For a rotated key: requests made with it since the rotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace_uses: Option<u64>,
+}
+
+impl KeyMeta {
+    /// The metadata with a usage record filled in.
+    pub fn with_usage(mut self, u: Usage) -> KeyMeta {
+        self.last_used_at = (u.last_used_at > 0).then(|| crate::time::rfc3339(u.last_used_at));
+        self.requests = u.requests;
+        if self.rotated_at.is_some() {
+            self.grace_uses = Some(u.grace_uses);
+        }
+        self
+    }
 }
 
 impl KeyRecord {
@@ -264,6 +361,13 @@ impl KeyRecord {
             expires_at: self.expires_at.map(crate::time::rfc3339),
             revoked_at: self.revoked_at.map(crate::time::rfc3339),
             state,
+            rate_limit: self.lifecycle.rate_limit,
+            shadow: self.lifecycle.shadow.clone(),
+            rotated_at: self.lifecycle.rotated_at.map(crate::time::rfc3339),
+            replaced_by: self.lifecycle.replaced_by.clone(),
+            last_used_at: None,
+            requests: 0,
+            grace_uses: self.lifecycle.rotated_at.map(|_| 0),
         }
     }
 }

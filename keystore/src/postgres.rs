@@ -31,8 +31,10 @@ use std::time::{Duration, Instant};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Row};
 
-use crate::model::{Access, Domain, KeyRecord, KeyScope, Role, Status, UserRecord};
-use crate::store::{Audit, Change, LogEntry, Store, StoreError, Watcher};
+use crate::model::{
+    Access, Domain, KeyRecord, KeyScope, RateLimit, Role, Status, Usage, UserRecord,
+};
+use crate::store::{Audit, Change, LogEntry, Store, StoreError, UsageDelta, Watcher};
 use crate::{Digest, Locator};
 
 /// Whether a `--store` value names a PostgreSQL database.
@@ -113,9 +115,21 @@ const MIGRATIONS: &[&str] = &[
          version bigint NOT NULL,
          at_ms bigint NOT NULL);
      INSERT INTO log_head (id, version, at_ms) VALUES (1, 0, 0);",
+    // 2: key lifecycle and limits (as SQLite's migration 4): a key's rate
+    // limit, shadow scope and rotation, an organisation's default rate
+    // limit, and usage, written in batches beside the change log.
+    "ALTER TABLE keys ADD COLUMN lifecycle text;
+     ALTER TABLE orgs ADD COLUMN rate_limit text;
+     CREATE TABLE key_usage (
+         id text PRIMARY KEY,
+         org text NOT NULL,
+         last_used_at bigint NOT NULL,
+         requests bigint NOT NULL,
+         grace_uses bigint NOT NULL);
+     CREATE INDEX key_usage_by_org ON key_usage (org);",
 ];
 
-const KEY_COLUMNS: &str = "id, digest, org, \"user\", user_uid, org_wide, domains, expires_at, name, created_at, revoked_at, locator";
+const KEY_COLUMNS: &str = "id, digest, org, \"user\", user_uid, org_wide, domains, expires_at, name, created_at, revoked_at, locator, lifecycle";
 
 /// Whether an error means the connection (or the server) is gone, rather
 /// than that the database refused a statement.
@@ -479,6 +493,45 @@ impl PostgresStore {
                     &[id, at],
                 )?;
             }
+            Change::RotateKey {
+                id,
+                at,
+                expires_at,
+                new,
+                ..
+            } => {
+                insert_keys(c, std::slice::from_ref(new))?;
+                let mut l = lifecycle_of(c, id)?;
+                l.rotated_at = Some(*at);
+                l.replaced_by = Some(new.id.clone());
+                c.execute(
+                    "UPDATE keys SET expires_at = $2, lifecycle = $3 WHERE id = $1",
+                    &[id, expires_at, &crate::model::lifecycle_json(&l)],
+                )?;
+            }
+            Change::UpdateKey {
+                id,
+                rate_limit,
+                shadow,
+                ..
+            } => {
+                let mut l = lifecycle_of(c, id)?;
+                l.rate_limit = *rate_limit;
+                l.shadow = shadow.clone();
+                c.execute(
+                    "UPDATE keys SET lifecycle = $2 WHERE id = $1",
+                    &[id, &crate::model::lifecycle_json(&l)],
+                )?;
+            }
+            Change::SetOrgRateLimit { org, rate_limit } => {
+                c.execute(
+                    "UPDATE orgs SET rate_limit = $2 WHERE id = $1",
+                    &[
+                        org,
+                        &rate_limit.map(|r| serde_json::to_string(&r).expect("serialises")),
+                    ],
+                )?;
+            }
         }
         let v = version as i64;
         c.execute(
@@ -612,6 +665,7 @@ fn key_from_row(row: &Row) -> Result<Result<KeyRecord, StoreError>, postgres::Er
     let name: Option<String> = row.try_get(8)?;
     let created_at: i64 = row.try_get(9)?;
     let revoked_at: Option<i64> = row.try_get(10)?;
+    let lifecycle: Option<String> = row.try_get(12)?;
     Ok((|| {
         let digest = Digest(
             digest
@@ -635,6 +689,8 @@ fn key_from_row(row: &Row) -> Result<Result<KeyRecord, StoreError>, postgres::Er
             name,
             created_at,
             revoked_at,
+            lifecycle: crate::model::parse_lifecycle(lifecycle.as_deref())
+                .map_err(StoreError::Incompatible)?,
         })
     })())
 }
@@ -699,6 +755,15 @@ fn revoke_user_keys(c: &mut Client, org: &str, user: &str, at: i64) -> Result<()
     Ok(())
 }
 
+/// A key's lifecycle, read inside the committing transaction (which holds
+/// the log head, so no other writer changes it meanwhile). A row that cannot
+/// be read back counts as having none: the change then writes it afresh.
+fn lifecycle_of(c: &mut Client, id: &str) -> Result<crate::KeyLifecycle, postgres::Error> {
+    let row = c.query_opt("SELECT lifecycle FROM keys WHERE id = $1", &[&id])?;
+    let text: Option<String> = row.and_then(|r| r.get(0));
+    Ok(crate::model::parse_lifecycle(text.as_deref()).unwrap_or_default())
+}
+
 /// Inserts keys with one statement: each column travels as an array.
 fn insert_keys(c: &mut Client, keys: &[KeyRecord]) -> Result<(), postgres::Error> {
     let mut id = Vec::with_capacity(keys.len());
@@ -713,6 +778,7 @@ fn insert_keys(c: &mut Client, keys: &[KeyRecord]) -> Result<(), postgres::Error
     let mut created_at = Vec::with_capacity(keys.len());
     let mut revoked_at = Vec::with_capacity(keys.len());
     let mut locator = Vec::with_capacity(keys.len());
+    let mut lifecycle = Vec::with_capacity(keys.len());
     for k in keys {
         let (wide, d) = match &k.scope {
             KeyScope::OrgWide => (true, "{}".to_string()),
@@ -730,13 +796,14 @@ fn insert_keys(c: &mut Client, keys: &[KeyRecord]) -> Result<(), postgres::Error
         created_at.push(k.created_at);
         revoked_at.push(k.revoked_at);
         locator.push(k.locator.0 as i64);
+        lifecycle.push(crate::model::lifecycle_json(&k.lifecycle));
     }
     c.execute(
         &format!(
             "INSERT INTO keys ({KEY_COLUMNS})
              SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bigint[],
                  $6::boolean[], $7::text[], $8::bigint[], $9::text[], $10::bigint[], $11::bigint[],
-                 $12::bigint[])"
+                 $12::bigint[], $13::text[])"
         ),
         &[
             &id,
@@ -751,6 +818,7 @@ fn insert_keys(c: &mut Client, keys: &[KeyRecord]) -> Result<(), postgres::Error
             &created_at,
             &revoked_at,
             &locator,
+            &lifecycle,
         ],
     )?;
     Ok(())
@@ -1077,5 +1145,70 @@ impl Store for PostgresStore {
                 user_from_row,
             )
         })?
+    }
+
+    fn org_rate_limits(&mut self) -> Result<Vec<(String, RateLimit)>, StoreError> {
+        let rows = self.run(|c| {
+            c.query(
+                "SELECT id, rate_limit FROM orgs WHERE rate_limit IS NOT NULL",
+                &[],
+            )
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let org: String = r.get(0);
+            let json: String = r.get(1);
+            let limit = serde_json::from_str(&json).map_err(|e| {
+                StoreError::Incompatible(format!("bad rate limit of organisation {org}: {e}"))
+            })?;
+            out.push((org, limit));
+        }
+        Ok(out)
+    }
+
+    fn add_usage(&mut self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        let ids: Vec<&str> = batch.iter().map(|u| u.id.as_str()).collect();
+        let orgs: Vec<&str> = batch.iter().map(|u| u.org.as_str()).collect();
+        let last: Vec<i64> = batch.iter().map(|u| u.last_used_at).collect();
+        let requests: Vec<i64> = batch.iter().map(|u| u.requests as i64).collect();
+        let grace: Vec<i64> = batch.iter().map(|u| u.grace_uses as i64).collect();
+        // One statement: the batch is written whole or not at all. A batch
+        // repeated because the connection was lost as it committed may be
+        // counted twice: usage is a statistic, not access data.
+        self.run(|c| {
+            c.execute(
+                "INSERT INTO key_usage AS u (id, org, last_used_at, requests, grace_uses)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+                 ON CONFLICT (id) DO UPDATE SET
+                     last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at),
+                     requests = u.requests + EXCLUDED.requests,
+                     grace_uses = u.grace_uses + EXCLUDED.grace_uses",
+                &[&ids, &orgs, &last, &requests, &grace],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn usage(&mut self, org: &str, id: Option<&str>) -> Result<Vec<(String, Usage)>, StoreError> {
+        let rows = self.run(|c| {
+            c.query(
+                "SELECT id, last_used_at, requests, grace_uses FROM key_usage
+                 WHERE org = $1 AND ($2::text IS NULL OR id = $2)",
+                &[&org, &id],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    Usage {
+                        last_used_at: r.get(1),
+                        requests: r.get::<_, i64>(2) as u64,
+                        grace_uses: r.get::<_, i64>(3) as u64,
+                    },
+                )
+            })
+            .collect())
     }
 }

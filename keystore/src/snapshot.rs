@@ -11,7 +11,9 @@ use hashbrown::HashMap;
 
 use crate::dense::DenseVec;
 use crate::digest_map::DigestMap;
-use crate::model::{Access, KeyRecord, KeyScope, Role, Status, UserRecord};
+use crate::model::{
+    Access, KeyLifecycle, KeyRecord, KeyScope, RateLimit, Role, Status, UserRecord,
+};
 use crate::secret::Hashed;
 use crate::shardmap::{MixState, ShardMap};
 
@@ -31,6 +33,8 @@ pub struct OrgEntry {
     /// organisation's, without hashing the name. (Probing the name-keyed map
     /// cost ~100 ns of a 1M-key check: measured, see `snapshot::Principal::authorize`.)
     members: Box<[usize]>,
+    /// The rate limit of the organisation's keys that have none of their own.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl OrgEntry {
@@ -210,6 +214,85 @@ pub struct UserKey {
     pub org: Arc<str>,
     /// User id.
     pub user: Arc<str>,
+}
+
+/// Per-key state beside the key table, by public id: usage counted in
+/// memory for every key, and, for the few keys that have one, a policy.
+///
+/// Not in [`KeyEntry`]: an entry and its digest prefix fill one cache line
+/// exactly. The map is copy-on-write like the rest of the snapshot; the
+/// usage cell is shared by every version, so counts survive changes.
+#[derive(Clone, Debug)]
+pub struct KeySide {
+    /// Counted on the request path (atomics: no lock), drained by the
+    /// usage writer.
+    pub usage: Arc<UsageCell>,
+    /// Rate limit, shadow scope, rotation; `None` for most keys.
+    pub policy: Option<Arc<Policy>>,
+}
+
+/// A key's usage since the last batch was written. Relaxed atomics: the
+/// counts are statistics, and the writer's swap takes each request once.
+#[derive(Debug, Default)]
+pub struct UsageCell {
+    /// Unix seconds of the latest admitted request (0: none since the last batch).
+    pub last_used: std::sync::atomic::AtomicU32,
+    /// The key's organisation slot, for the batch's rows.
+    pub org_slot: u32,
+    /// Admitted requests since the last batch.
+    pub requests: std::sync::atomic::AtomicU64,
+    /// Of those, made after the key was rotated.
+    pub grace_uses: std::sync::atomic::AtomicU64,
+}
+
+impl UsageCell {
+    /// Counts one admitted request at `now` (Unix seconds). The last-used
+    /// second is written only when it changes, so a busy key's cache line is
+    /// mostly read, and the count is one atomic add.
+    #[inline]
+    pub fn record(&self, now: i64, rotated: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now.clamp(0, i64::from(u32::MAX)) as u32;
+        if self.last_used.load(Relaxed) < now {
+            self.last_used.fetch_max(now, Relaxed);
+        }
+        self.requests.fetch_add(1, Relaxed);
+        if rotated {
+            self.grace_uses.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Takes what was counted since the last call: (last used, requests,
+    /// grace uses). A request counted while this runs lands in this batch
+    /// or the next, never in both.
+    pub fn take(&self) -> (u32, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let requests = self.requests.swap(0, Relaxed);
+        let grace = self.grace_uses.swap(0, Relaxed);
+        (self.last_used.load(Relaxed), requests, grace)
+    }
+
+    /// What was counted and not taken yet, without taking it.
+    pub fn pending(&self) -> (u32, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.last_used.load(Relaxed),
+            self.requests.load(Relaxed),
+            self.grace_uses.load(Relaxed),
+        )
+    }
+}
+
+/// What a key carries beyond its scope, as enforcement sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// The key's own rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// The shadow scope as a key entry (the real key with the shadow's
+    /// domains), so the shadow is decided by the same code as the key.
+    pub shadow: Option<KeyEntry>,
+    /// The key was rotated: its uses are grace uses.
+    pub rotated: bool,
 }
 
 /// A key's declared domains. Most keys name one domain: that case is held
@@ -410,6 +493,8 @@ pub struct Snapshot {
     pub keys: DigestMap<KeyEntry>,
     /// Keys not revoked (expired ones included).
     pub live_keys: usize,
+    /// Per-key usage and policy, by public id (see [`KeySide`]).
+    pub sides: ShardMap<u64, KeySide, MixState>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -448,6 +533,7 @@ impl Snapshot {
             user_slots: ShardMap::new(),
             keys: DigestMap::new(),
             live_keys: 0,
+            sides: ShardMap::new(),
         }
     }
 
@@ -472,6 +558,12 @@ impl Snapshot {
         Ok(Principal { key, user, org })
     }
 
+    /// The usage cell and policy of a key, by public id.
+    #[inline]
+    pub fn side(&self, id: u64) -> Option<&KeySide> {
+        self.sides.get(&id)
+    }
+
     /// An organisation by id.
     pub fn org(&self, org: &str) -> Option<&Arc<OrgEntry>> {
         self.orgs.get(*self.org_ids.get(org)?)?.as_ref()
@@ -493,6 +585,22 @@ impl Snapshot {
 }
 
 impl<'s> Principal<'s> {
+    /// The same principal decided by its shadow scope instead of its own.
+    pub fn shadowed(&self, shadow: &'s KeyEntry) -> Principal<'s> {
+        Principal {
+            key: shadow,
+            user: self.user,
+            org: self.org,
+        }
+    }
+
+    /// The rate limit that applies: the key's own, else its organisation's
+    /// default, else none.
+    #[inline]
+    pub fn rate_limit(&self, policy: Option<&Policy>) -> Option<RateLimit> {
+        policy.and_then(|p| p.rate_limit).or(self.org.rate_limit)
+    }
+
     /// Organisation-level endpoints need an org-wide key whose creator is
     /// still an owner or admin.
     #[inline]
@@ -664,14 +772,7 @@ pub(crate) fn key_entry(
         org_slot: creator.map_or(u32::MAX, |u| u.org_slot),
         domains: match &k.scope {
             KeyScope::OrgWide => KeyDomains::All,
-            KeyScope::Domains(d) if d.len() == 1 => {
-                let (n, a) = d.iter().next().expect("one entry");
-                KeyDomains::One(intern.get(n), *a)
-            }
-            // BTreeMap iteration is sorted, which scope_header relies on.
-            KeyScope::Domains(d) => {
-                KeyDomains::Many(d.iter().map(|(n, a)| (intern.get(n), *a)).collect())
-            }
+            KeyScope::Domains(d) => key_domains(d, intern),
         },
         expires_at: k
             .expires_at
@@ -686,6 +787,41 @@ pub(crate) fn key_entry(
         };
     }
     Some(e)
+}
+
+/// Interned key domains for a domain map.
+fn key_domains(
+    d: &std::collections::BTreeMap<String, Access>,
+    intern: &mut Interner,
+) -> KeyDomains {
+    if d.len() == 1 {
+        let (n, a) = d.iter().next().expect("one entry");
+        return KeyDomains::One(intern.get(n), *a);
+    }
+    // BTreeMap iteration is sorted, which scope_header relies on.
+    KeyDomains::Many(d.iter().map(|(n, a)| (intern.get(n), *a)).collect())
+}
+
+/// Builds the policy of a key with a lifecycle (`None` when it has nothing
+/// enforcement needs).
+pub(crate) fn policy(
+    l: &KeyLifecycle,
+    entry: &KeyEntry,
+    intern: &mut Interner,
+) -> Option<Arc<Policy>> {
+    if l.rate_limit.is_none() && l.shadow.is_none() && l.rotated_at.is_none() {
+        return None;
+    }
+    let shadow = l.shadow.as_ref().map(|d| KeyEntry {
+        domains: key_domains(d, intern),
+        hint: Hint::NONE,
+        ..entry.clone()
+    });
+    Some(Arc::new(Policy {
+        rate_limit: l.rate_limit,
+        shadow,
+        rotated: l.rotated_at.is_some(),
+    }))
 }
 
 /// Builds the enforcement entry for an organisation.
@@ -786,6 +922,7 @@ mod tests {
             name: None,
             created_at: 0,
             revoked_at: None,
+            lifecycle: Default::default(),
         };
         let key = key_entry(&record, 0, (Some(&then), Some(&org)), &mut intern).unwrap();
         assert_ne!(key.hint.user, u8::MAX);

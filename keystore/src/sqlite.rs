@@ -6,8 +6,10 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::model::{Access, Domain, KeyRecord, KeyScope, Role, Status, UserRecord};
-use crate::store::{Audit, Change, LogEntry, Store, StoreError, Watcher};
+use crate::model::{
+    Access, Domain, KeyRecord, KeyScope, RateLimit, Role, Status, Usage, UserRecord,
+};
+use crate::store::{Audit, Change, LogEntry, Store, StoreError, UsageDelta, Watcher};
 use crate::{Digest, Locator};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many
@@ -55,6 +57,18 @@ const MIGRATIONS: &[&str] = &[
     // follow the log instead of diverging (NULL: pruned or too large; a
     // follower that meets one reloads).
     "ALTER TABLE changes ADD COLUMN payload TEXT;",
+    // 4: key lifecycle and limits: a key's rate limit, shadow scope and
+    // rotation (JSON, NULL for none), an organisation's default rate limit,
+    // and usage, written in batches beside the change log.
+    "ALTER TABLE keys ADD COLUMN lifecycle TEXT;
+     ALTER TABLE orgs ADD COLUMN rate_limit TEXT;
+     CREATE TABLE key_usage (
+         id TEXT PRIMARY KEY,
+         org TEXT NOT NULL,
+         last_used_at INTEGER NOT NULL,
+         requests INTEGER NOT NULL,
+         grace_uses INTEGER NOT NULL);
+     CREATE INDEX key_usage_by_org ON key_usage (org);",
 ];
 
 /// The SQLite-backed [`Store`].
@@ -176,12 +190,13 @@ fn parse<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, StoreError
 }
 
 const KEY_COLUMNS: &str =
-    "id, digest, org, user, user_uid, org_wide, domains, expires_at, name, created_at, revoked_at, locator";
+    "id, digest, org, user, user_uid, org_wide, domains, expires_at, name, created_at, revoked_at, locator, lifecycle";
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
     let digest: Vec<u8> = row.get(1)?;
     let org_wide: bool = row.get(5)?;
     let domains: String = row.get(6)?;
+    let lifecycle: Option<String> = row.get(12)?;
     let rec = (|| {
         let digest: [u8; 32] = digest
             .try_into()
@@ -191,11 +206,13 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>
         } else {
             KeyScope::Domains(parse_access(&domains)?)
         };
-        Ok::<_, StoreError>((Digest(digest), scope))
+        let lifecycle = crate::model::parse_lifecycle(lifecycle.as_deref())
+            .map_err(StoreError::Incompatible)?;
+        Ok::<_, StoreError>((Digest(digest), scope, lifecycle))
     })();
     Ok(match rec {
         Err(e) => Err(e),
-        Ok((digest, scope)) => Ok(KeyRecord {
+        Ok((digest, scope, lifecycle)) => Ok(KeyRecord {
             id: row.get(0)?,
             digest,
             locator: row
@@ -209,6 +226,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>
             name: row.get(8)?,
             created_at: row.get(9)?,
             revoked_at: row.get(10)?,
+            lifecycle,
         }),
     })
 }
@@ -259,6 +277,46 @@ fn revoke_user_keys(
         params![org, user, at],
     )?;
     Ok(())
+}
+
+/// Inserts one key (a prepared statement cached on the connection, so a
+/// bulk import prepares it once).
+fn insert_key(tx: &rusqlite::Transaction<'_>, k: &KeyRecord) -> rusqlite::Result<()> {
+    let (org_wide, domains) = match &k.scope {
+        KeyScope::OrgWide => (true, "{}".to_string()),
+        KeyScope::Domains(d) => (false, access_json(d)),
+    };
+    tx.prepare_cached(&format!(
+        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    ))?
+    .execute(params![
+        k.id,
+        &k.digest.0[..],
+        k.org,
+        k.user,
+        k.user_uid as i64,
+        org_wide,
+        domains,
+        k.expires_at,
+        k.name,
+        k.created_at,
+        k.revoked_at,
+        k.locator.0 as i64,
+        crate::model::lifecycle_json(&k.lifecycle)
+    ])?;
+    Ok(())
+}
+
+/// A key as a transaction sees it, for changes that rewrite part of one.
+fn self_key(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<KeyRecord, StoreError> {
+    tx.query_row(
+        &format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"),
+        [id],
+        key_from_row,
+    )
+    .optional()
+    .map_err(db)?
+    .ok_or_else(|| StoreError::Database(format!("key {id} is not in the store")))?
 }
 
 /// Wakes a follower when another connection commits to the file:
@@ -467,32 +525,52 @@ impl Store for SqliteStore {
                 revoke_user_keys(&tx, org, user, *at).map_err(db)?;
             }
             Change::CreateKeys { keys } => {
-                let mut stmt = tx
-                    .prepare(&format!(
-                        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-                    ))
-                    .map_err(db)?;
                 for k in keys {
-                    let (org_wide, domains) = match &k.scope {
-                        KeyScope::OrgWide => (true, "{}".to_string()),
-                        KeyScope::Domains(d) => (false, access_json(d)),
-                    };
-                    stmt.execute(params![
-                        k.id,
-                        &k.digest.0[..],
-                        k.org,
-                        k.user,
-                        k.user_uid as i64,
-                        org_wide,
-                        domains,
-                        k.expires_at,
-                        k.name,
-                        k.created_at,
-                        k.revoked_at,
-                        k.locator.0 as i64
-                    ])
-                    .map_err(db)?;
+                    insert_key(&tx, k).map_err(db)?;
                 }
+            }
+            Change::RotateKey {
+                id,
+                at,
+                expires_at,
+                new,
+                ..
+            } => {
+                insert_key(&tx, new).map_err(db)?;
+                let mut old = self_key(&tx, id)?;
+                old.lifecycle.rotated_at = Some(*at);
+                old.lifecycle.replaced_by = Some(new.id.clone());
+                tx.execute(
+                    "UPDATE keys SET expires_at = ?2, lifecycle = ?3 WHERE id = ?1",
+                    params![id, expires_at, crate::model::lifecycle_json(&old.lifecycle)],
+                )
+                .map_err(db)?;
+            }
+            Change::UpdateKey {
+                id,
+                rate_limit,
+                shadow,
+                ..
+            } => {
+                let mut old = self_key(&tx, id)?;
+                old.lifecycle.rate_limit = *rate_limit;
+                old.lifecycle.shadow = shadow.clone();
+                tx.execute(
+                    "UPDATE keys SET lifecycle = ?2 WHERE id = ?1",
+                    params![id, crate::model::lifecycle_json(&old.lifecycle)],
+                )
+                .map_err(db)?;
+            }
+            Change::SetOrgRateLimit { org, rate_limit } => {
+                tx.execute(
+                    "UPDATE orgs SET rate_limit = ?2 WHERE id = ?1",
+                    params![
+                        org,
+                        rate_limit
+                            .map(|r| serde_json::to_string(&r).expect("a rate limit serialises"))
+                    ],
+                )
+                .map_err(db)?;
             }
             Change::RevokeKey { id, at, .. } => {
                 tx.execute(
@@ -613,5 +691,74 @@ impl Store for SqliteStore {
             .map_err(db)?;
         let rows = stmt.query_map([org], user_from_row).map_err(db)?;
         rows.map(|r| r.map_err(db)?).collect()
+    }
+
+    fn org_rate_limits(&mut self) -> Result<Vec<(String, RateLimit)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, rate_limit FROM orgs WHERE rate_limit IS NOT NULL")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (org, json) = row.map_err(db)?;
+            let limit = serde_json::from_str(&json).map_err(|e| {
+                StoreError::Incompatible(format!("bad rate limit of organisation {org}: {e}"))
+            })?;
+            out.push((org, limit));
+        }
+        Ok(out)
+    }
+
+    fn add_usage(&mut self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        {
+            let mut stmt = tx
+                .prepare(
+                    "INSERT INTO key_usage (id, org, last_used_at, requests, grace_uses)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id) DO UPDATE SET
+                         last_used_at = MAX(last_used_at, ?3),
+                         requests = requests + ?4,
+                         grace_uses = grace_uses + ?5",
+                )
+                .map_err(db)?;
+            for u in batch {
+                stmt.execute(params![
+                    u.id,
+                    u.org,
+                    u.last_used_at,
+                    u.requests as i64,
+                    u.grace_uses as i64
+                ])
+                .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn usage(&mut self, org: &str, id: Option<&str>) -> Result<Vec<(String, Usage)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, last_used_at, requests, grace_uses FROM key_usage
+                 WHERE org = ?1 AND (?2 IS NULL OR id = ?2)",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![org, id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Usage {
+                        last_used_at: r.get(1)?,
+                        requests: r.get::<_, i64>(2)? as u64,
+                        grace_uses: r.get::<_, i64>(3)? as u64,
+                    },
+                ))
+            })
+            .map_err(db)?;
+        rows.map(|r| r.map_err(db)).collect()
     }
 }

@@ -16,7 +16,8 @@
 //! followers apply it without re-reading the tables; an entry whose payload
 //! was pruned (or too large to keep) tells the follower to reload.
 
-use crate::model::{Domain, KeyRecord, UserRecord};
+use crate::model::{Access, Domain, KeyRecord, RateLimit, Usage, UserRecord};
+use std::collections::BTreeMap;
 
 /// A storage failure. The message never contains a secret or a digest.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +129,39 @@ pub enum Change {
         /// Unix seconds.
         at: i64,
     },
+    /// Rotate a key: its successor (same scope, creator, name, limits) is
+    /// added, and the old key expires when its grace ends.
+    RotateKey {
+        /// Public id of the old key.
+        id: String,
+        /// Where the old key is and its digest.
+        key: crate::Hashed,
+        /// Unix seconds of the rotation.
+        at: i64,
+        /// The old key's new expiry: the end of the grace (or its earlier
+        /// expiry, kept).
+        expires_at: i64,
+        /// The successor (boxed: a record is large, and most changes are small).
+        new: Box<KeyRecord>,
+    },
+    /// Replace a key's rate limit and shadow scope.
+    UpdateKey {
+        /// Public id.
+        id: String,
+        /// Where it is and its digest.
+        key: crate::Hashed,
+        /// The key's own rate limit (`None`: the organisation's default).
+        rate_limit: Option<RateLimit>,
+        /// The shadow scope (`None`: none).
+        shadow: Option<BTreeMap<String, Access>>,
+    },
+    /// Set or clear an organisation's default rate limit for its keys.
+    SetOrgRateLimit {
+        /// Organisation id.
+        org: String,
+        /// The default (`None`: keys without their own limit are unlimited).
+        rate_limit: Option<RateLimit>,
+    },
 }
 
 impl Change {
@@ -140,6 +174,9 @@ impl Change {
             Change::DeleteUser { .. } => "delete_user",
             Change::CreateKeys { .. } => "create_keys",
             Change::RevokeKey { .. } => "revoke_key",
+            Change::RotateKey { .. } => "rotate_key",
+            Change::UpdateKey { .. } => "update_key",
+            Change::SetOrgRateLimit { .. } => "set_org_rate_limit",
         }
     }
 
@@ -155,7 +192,9 @@ impl Change {
                 [one] => format!("{}/{}", one.org, one.id),
                 many => format!("{} keys", many.len()),
             },
-            Change::RevokeKey { id, .. } => id.clone(),
+            Change::RevokeKey { id, .. } | Change::UpdateKey { id, .. } => id.clone(),
+            Change::RotateKey { id, new, .. } => format!("{id} -> {}", new.id),
+            Change::SetOrgRateLimit { org, .. } => org.clone(),
         }
     }
 }
@@ -247,4 +286,35 @@ pub trait Store: Send {
     fn list_keys(&mut self, org: &str, user: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
     /// Users of an organisation.
     fn list_users(&mut self, org: &str) -> Result<Vec<UserRecord>, StoreError>;
+    /// Every organisation's default rate limit (organisations without one
+    /// are left out).
+    fn org_rate_limits(&mut self) -> Result<Vec<(String, RateLimit)>, StoreError>;
+    /// Adds a batch of usage counted in memory: each key's requests and
+    /// grace uses grow by the delta, its last use becomes the later of the
+    /// stored one and the delta's. Not a change-log entry (see
+    /// [`UsageDelta`]); one transaction, so a batch is written whole or not at all.
+    fn add_usage(&mut self, batch: &[UsageDelta]) -> Result<(), StoreError>;
+    /// Stored usage of an organisation's keys, or of one key (`id`).
+    fn usage(&mut self, org: &str, id: Option<&str>) -> Result<Vec<(String, Usage)>, StoreError>;
+}
+
+/// Usage of one key counted in memory since the last batch.
+///
+/// Usage is written beside the change log, not through it: it is not
+/// access data (no decision depends on it), every instance counts its own
+/// requests and adds them up in the store (so the rows are sums, which no
+/// log order could make more right), and a log entry per batch would wake
+/// every follower of a fleet every few seconds for nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// Public key id.
+    pub id: String,
+    /// The key's organisation (so usage can be listed by organisation).
+    pub org: String,
+    /// Unix seconds of the latest use in the batch.
+    pub last_used_at: i64,
+    /// Requests in the batch.
+    pub requests: u64,
+    /// Of those, made after the key was rotated.
+    pub grace_uses: u64,
 }

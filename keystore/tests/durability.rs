@@ -350,7 +350,7 @@ fn assert_acknowledged(db: &Path, acks: &[Ack]) {
     }
     assert!(checked > 0 || acks.len() < 3);
     // The store is consistent with itself.
-    let listed = ks.list_keys(CRASH_ORG, None, NOW).unwrap();
+    let listed = ks.list_keys(CRASH_ORG, None, None, NOW).unwrap();
     let live = listed.iter().filter(|m| m.revoked_at.is_none()).count();
     assert_eq!(status.keys, live);
     // And it keeps working.
@@ -502,6 +502,21 @@ impl Store for FlakyStore {
     fn list_users(&mut self, org: &str) -> Result<Vec<UserRecord>, StoreError> {
         self.inner.list_users(org)
     }
+    fn org_rate_limits(
+        &mut self,
+    ) -> Result<Vec<(String, scopegate_keystore::RateLimit)>, StoreError> {
+        self.inner.org_rate_limits()
+    }
+    fn add_usage(&mut self, batch: &[scopegate_keystore::UsageDelta]) -> Result<(), StoreError> {
+        self.inner.add_usage(batch)
+    }
+    fn usage(
+        &mut self,
+        org: &str,
+        id: Option<&str>,
+    ) -> Result<Vec<(String, scopegate_keystore::Usage)>, StoreError> {
+        self.inner.usage(org, id)
+    }
 }
 
 /// A change to try while the store is failing.
@@ -570,7 +585,7 @@ fn a_failed_commit_leaves_the_snapshot_unchanged() {
     let secrets: Vec<String> = created.iter().map(|c| c.secret.clone()).collect();
     let before_status = ks.status();
     let before = decision_matrix(&ks, &secrets, &names);
-    let before_keys = ks.list_keys("o", None, NOW).unwrap();
+    let before_keys = ks.list_keys("o", None, None, NOW).unwrap();
     let committed = commits.load(Ordering::SeqCst);
 
     fail.store(true, Ordering::SeqCst);
@@ -661,7 +676,11 @@ fn a_failed_commit_leaves_the_snapshot_unchanged() {
             before,
             "{what} changed a decision"
         );
-        assert_eq!(ks.list_keys("o", None, NOW).unwrap(), before_keys, "{what}");
+        assert_eq!(
+            ks.list_keys("o", None, None, NOW).unwrap(),
+            before_keys,
+            "{what}"
+        );
         assert_eq!(
             ks.check(Some("never-committed"), Target::AnyKey, NOW)
                 .outcome,
@@ -753,7 +772,7 @@ fn restart_with_ten_thousand_keys_reproduces_every_decision() {
     }
     // Some revocations, a deactivation, a deletion, a demotion, a domain change.
     let ids: Vec<String> = ks
-        .list_keys("org-0", None, NOW)
+        .list_keys("org-0", None, None, NOW)
         .unwrap()
         .into_iter()
         .map(|m| m.id)
@@ -804,13 +823,16 @@ fn restart_with_ten_thousand_keys_reproduces_every_decision() {
         assert!(before.iter().any(|d| d.outcome == Err(r)), "no {r:?}");
     }
     assert!(before.iter().any(|d| d.outcome.is_ok()));
-    let before_meta = ks.list_keys("org-0", None, at).unwrap();
+    let before_meta = ks.list_keys("org-0", None, None, at).unwrap();
     drop(ks);
 
     let reopened = open(&db);
     assert_eq!(reopened.status(), status);
     assert_eq!(decide(&reopened), before);
-    assert_eq!(reopened.list_keys("org-0", None, at).unwrap(), before_meta);
+    assert_eq!(
+        reopened.list_keys("org-0", None, None, at).unwrap(),
+        before_meta
+    );
 }
 
 /// A store written before schema version 2 keeps its keys without a

@@ -543,7 +543,10 @@ fn offboarding_deactivate_stops_every_key_of_that_user_at_once() {
     assert_eq!(after.keys, before.keys - dev_keys.len());
     assert_eq!(after.users, before.users, "deactivated users remain");
     // The admin view says so.
-    for m in ks.list_keys(ORG, Some("dev@example.com"), NOW).unwrap() {
+    for m in ks
+        .list_keys(ORG, Some("dev@example.com"), None, NOW)
+        .unwrap()
+    {
         assert_eq!(m.state, "revoked", "{m:?}");
         assert!(m.revoked_at.is_some());
     }
@@ -1180,9 +1183,11 @@ fn the_secret_never_appears_in_metadata_or_debug_output() {
         },
     );
     ks.revoke_key(ACTOR, &imported.meta.id, NOW).unwrap();
-    let all = ks.list_keys(ORG, None, NOW).unwrap();
+    let all = ks.list_keys(ORG, None, None, NOW).unwrap();
     assert_eq!(all.len(), 2);
-    let by_user = ks.list_keys(ORG, Some("OPS@example.com"), NOW).unwrap();
+    let by_user = ks
+        .list_keys(ORG, Some("OPS@example.com"), None, NOW)
+        .unwrap();
     assert_eq!(by_user, all);
     for created in [&issued, &imported] {
         let secret = created.secret.as_str();
@@ -1241,7 +1246,7 @@ fn unknown_organisation_and_user_on_creation() {
         },
     );
     assert_err(&e, ErrorKind::Rule, "org_wide_read_only");
-    let e = ks.list_keys("no-such-org", None, NOW).unwrap_err();
+    let e = ks.list_keys("no-such-org", None, None, NOW).unwrap_err();
     assert_err(&e, ErrorKind::NotFound, "org_not_found");
     let e = ks.get_key("key_0000000000000000", NOW).unwrap_err();
     assert_err(&e, ErrorKind::NotFound, "key_not_found");

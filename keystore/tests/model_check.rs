@@ -943,6 +943,7 @@ impl Harness {
                     }
                 }
             }),
+            ..NewKey::default()
         }
     }
 
@@ -999,7 +1000,7 @@ impl Harness {
         for org in self.m.orgs.keys() {
             let n = self
                 .ks
-                .list_keys(org, None, self.now)
+                .list_keys(org, None, None, self.now)
                 .map_err(|e| e.to_string())?
                 .len();
             let m = self.m.keys.iter().filter(|k| &k.org == org).count();

@@ -19,7 +19,8 @@ use pingora::services::background::BackgroundService;
 use scopegate_config::Config;
 use scopegate_keystore::time::now;
 use scopegate_keystore::{
-    Access, DomainInput, Error as KsError, ErrorKind, KeyStore, NewKey, Role, Status, UserInput,
+    Access, DomainInput, Error as KsError, ErrorKind, KeyPatch, KeyStore, NewKey, RateLimit, Role,
+    Status, UserInput,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -163,6 +164,34 @@ struct KeyBody {
     /// An existing secret to import instead of generating one.
     #[serde(default)]
     secret: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    shadow: Option<BTreeMap<String, Access>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    grace_seconds: u32,
+}
+
+/// `PATCH /v1/keys/{id}`: a field that is absent stays as it is; `null`
+/// removes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<RateLimit>>,
+    #[serde(default, deserialize_with = "present")]
+    shadow: Option<Option<BTreeMap<String, Access>>>,
+}
+
+/// A field that is present, `null` or not: `Some(value)`.
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
@@ -427,6 +456,8 @@ impl AdminApp {
                                 expires_at,
                                 name: b.name,
                                 secret: b.secret,
+                                rate_limit: b.rate_limit,
+                                shadow: b.shadow,
                             };
                             let a2 = actor.clone();
                             blocking(ks, move |ks| {
@@ -457,16 +488,124 @@ impl AdminApp {
             }
             (&Method::GET, ["orgs", org, "keys"]) => {
                 let org = org.to_string();
-                let user = query.and_then(|q| {
-                    q.split('&')
-                        .filter_map(|p| p.split_once('='))
-                        .find(|(k, _)| *k == "user")
-                        .map(|(_, v)| percent_decode(v))
-                });
-                blocking(ks, move |ks| ks.list_keys(&org, user.as_deref(), now()))
+                let param = |name: &str| {
+                    query.and_then(|q| {
+                        q.split('&')
+                            .filter_map(|p| p.split_once('='))
+                            .find(|(k, _)| *k == name)
+                            .map(|(_, v)| percent_decode(v))
+                    })
+                };
+                let user = param("user");
+                match param("unused_since")
+                    .as_deref()
+                    .map(scopegate_keystore::time::parse_rfc3339)
+                    .transpose()
+                {
+                    Err(e) => Err(Answer::error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_unused_since",
+                        e,
+                    )),
+                    Ok(since) => blocking(ks, move |ks| {
+                        ks.list_keys(&org, user.as_deref(), since, now())
+                    })
                     .await
                     .map(|keys| Answer::json(StatusCode::OK, json!({ "keys": keys })))
-                    .map_err(Answer::from)
+                    .map_err(Answer::from),
+                }
+            }
+            (&Method::POST, ["keys", id, "rotate"]) => {
+                let r = match parse_body::<RotateBody>(body) {
+                    Err(a) => Err(a),
+                    Ok(b) => {
+                        let id = id.to_string();
+                        let a2 = actor.clone();
+                        blocking(ks, move |ks| {
+                            ks.rotate_key(&a2, &id, b.grace_seconds, now())
+                                .map(|applied| {
+                                    let (new, old) = applied.value;
+                                    audit(
+                                        &a2,
+                                        "rotate_key",
+                                        &format!("{id} -> {}", new.meta.id),
+                                        applied.version,
+                                    );
+                                    let mut v = serde_json::to_value(&new.meta)
+                                        .expect("metadata serialises");
+                                    // The one and only time the new secret leaves the gateway.
+                                    v["key"] = json!(new.secret);
+                                    v["replaces"] =
+                                        serde_json::to_value(&old).expect("metadata serialises");
+                                    Answer::json(StatusCode::CREATED, v).versioned(applied.version)
+                                })
+                        })
+                        .await
+                        .map_err(Answer::from)
+                    }
+                };
+                self.count("rotate_key", &r);
+                r
+            }
+            (&Method::PATCH, ["keys", id]) => {
+                let r = match parse_body::<PatchBody>(body) {
+                    Err(a) => Err(a),
+                    Ok(b) => {
+                        let id = id.to_string();
+                        let a2 = actor.clone();
+                        let patch = KeyPatch {
+                            rate_limit: b.rate_limit,
+                            shadow: b.shadow,
+                        };
+                        blocking(ks, move |ks| {
+                            ks.update_key(&a2, &id, patch, now()).map(|applied| {
+                                audit(&a2, "update_key", &id, applied.version);
+                                Answer::json(
+                                    StatusCode::OK,
+                                    serde_json::to_value(applied.value)
+                                        .expect("metadata serialises"),
+                                )
+                                .versioned(applied.version)
+                            })
+                        })
+                        .await
+                        .map_err(Answer::from)
+                    }
+                };
+                self.count("update_key", &r);
+                r
+            }
+            (&Method::GET, ["orgs", org, "rate_limit"]) => ks
+                .org_rate_limit(org)
+                .map(|l| Answer::json(StatusCode::OK, json!({"org": org, "rate_limit": l})))
+                .map_err(Answer::from),
+            (&Method::PUT | &Method::DELETE, ["orgs", org, "rate_limit"]) => {
+                let limit = if method == Method::DELETE {
+                    Ok(None)
+                } else {
+                    parse_body::<RateLimit>(body).map(Some)
+                };
+                let r = match limit {
+                    Err(a) => Err(a),
+                    Ok(limit) => {
+                        let org = org.to_string();
+                        let a2 = actor.clone();
+                        blocking(ks, move |ks| {
+                            ks.set_org_rate_limit(&a2, &org, limit).map(|applied| {
+                                audit(&a2, "set_org_rate_limit", &org, applied.version);
+                                Answer::json(
+                                    StatusCode::OK,
+                                    json!({"org": org, "rate_limit": limit}),
+                                )
+                                .versioned(applied.version)
+                            })
+                        })
+                        .await
+                        .map_err(Answer::from)
+                    }
+                };
+                self.count("set_org_rate_limit", &r);
+                r
             }
             (&Method::GET, ["keys", id]) => {
                 let id = id.to_string();

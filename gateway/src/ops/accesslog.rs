@@ -46,6 +46,9 @@ pub struct Entry {
     pub bytes_out: usize,
     /// Microseconds from arrival to the end of the response.
     pub latency_us: u64,
+    /// For an admitted request, why the key's shadow scope would have refused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_refuse: Option<&'static str>,
 }
 
 /// Masks anything shaped like an issued key (`sg_` + 38 base62 characters).
@@ -75,8 +78,11 @@ pub fn mask_keys(s: &str) -> String {
 impl Entry {
     fn text(&self) -> String {
         let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        let shadow = self
+            .would_refuse
+            .map_or_else(String::new, |r| format!(" would_refuse={r}"));
         format!(
-            "{} {} {} {} decision={} reason={} key_id={} org={} upstream={} bytes_in={} bytes_out={} latency_us={}",
+            "{} {} {} {} decision={} reason={} key_id={} org={} upstream={} bytes_in={} bytes_out={} latency_us={}{}",
             scopegate_keystore::time::rfc3339(self.ts_ms / 1000),
             self.method,
             self.path,
@@ -88,7 +94,8 @@ impl Entry {
             opt(&self.upstream),
             self.bytes_in,
             self.bytes_out,
-            self.latency_us
+            self.latency_us,
+            shadow
         )
     }
 }
@@ -197,6 +204,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 10,
             latency_us: 120,
+            would_refuse: None,
         };
         assert_eq!(
             e.text(),

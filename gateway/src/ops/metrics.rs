@@ -37,11 +37,14 @@ pub enum Outcome {
     /// 503: refused unchecked because the snapshot could not be confirmed
     /// current (fleet fail-closed).
     StoreUnavailable,
+    /// 429: a key over its rate limit, or an address blocked for failed
+    /// key attempts (the reason says which).
+    RateLimited,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering label values.
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Admitted,
         Outcome::MissingKey,
         Outcome::InvalidKey,
@@ -53,6 +56,7 @@ impl Outcome {
         Outcome::BodyTimeout,
         Outcome::UpstreamError,
         Outcome::StoreUnavailable,
+        Outcome::RateLimited,
     ];
 
     /// The label value.
@@ -69,6 +73,7 @@ impl Outcome {
             Outcome::BodyTimeout => "body_timeout",
             Outcome::UpstreamError => "upstream_error",
             Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 }
@@ -120,6 +125,17 @@ pub struct Metrics {
     store_changes_applied: IntCounter,
     store_reloads: IntCounter,
     store_reconnects: IntCounter,
+    /// Requests refused 429 because their key was over its rate limit.
+    pub rate_limited: IntCounter,
+    /// Requests refused 429 because their address was blocked.
+    pub brute_force_refused: IntCounter,
+    /// Times an address was blocked for failed key attempts.
+    pub brute_force_blocks: IntCounter,
+    /// Admitted requests a key's shadow scope would have refused, by reason,
+    /// resolved once like `invalid_keys`.
+    would_refuse: [IntCounter; Refusal::ALL.len()],
+    /// Usage batches written to the store, by result.
+    pub usage_flushes: IntCounterVec,
 }
 
 impl Metrics {
@@ -240,8 +256,44 @@ impl Metrics {
             "Times the follower's wake-up connection to the store was reopened after a loss.",
         )
         .expect("valid metric");
+        let rate_limited = IntCounter::new(
+            "scopegate_rate_limited_total",
+            "Requests refused 429 rate_limited because their key was over its rate limit (never forwarded).",
+        )
+        .expect("valid metric");
+        let brute_force_refused = IntCounter::new(
+            "scopegate_brute_force_refused_total",
+            "Requests refused 429 before any key check because their address is blocked for failed key attempts.",
+        )
+        .expect("valid metric");
+        let brute_force_blocks = IntCounter::new(
+            "scopegate_brute_force_blocks_total",
+            "Times a client address was blocked for too many failed key attempts.",
+        )
+        .expect("valid metric");
+        let would_refuse = IntCounterVec::new(
+            Opts::new(
+                "scopegate_shadow_would_refuse_total",
+                "Admitted requests that the key's shadow scope would have refused, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let usage_flushes = IntCounterVec::new(
+            Opts::new(
+                "scopegate_usage_flushes_total",
+                "Batches of key usage written to the store, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(store_staleness.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limited.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(brute_force_refused.clone()),
+            Box::new(brute_force_blocks.clone()),
+            Box::new(would_refuse.clone()),
+            Box::new(usage_flushes.clone()),
+            Box::new(store_staleness.clone()),
             Box::new(store_changes_applied.clone()),
             Box::new(store_reloads.clone()),
             Box::new(store_reconnects.clone()),
@@ -276,6 +328,16 @@ impl Metrics {
         for result in ["ok", "rejected"] {
             reloads.with_label_values(&[result]);
         }
+        for result in ["ok", "error"] {
+            usage_flushes.with_label_values(&[result]);
+        }
+        let would_refuse = Refusal::ALL.map(|r| {
+            if r.is_authentication() {
+                IntCounter::new("unregistered", "not exported").expect("valid metric")
+            } else {
+                would_refuse.with_label_values(&[r.as_str()])
+            }
+        });
         for kind in [
             "put_org",
             "put_user",
@@ -283,6 +345,9 @@ impl Metrics {
             "delete_user",
             "create_key",
             "revoke_key",
+            "rotate_key",
+            "update_key",
+            "set_org_rate_limit",
         ] {
             for result in ["ok", "rejected", "error"] {
                 admin_mutations.with_label_values(&[kind, result]);
@@ -310,7 +375,17 @@ impl Metrics {
             store_changes_applied,
             store_reloads,
             store_reconnects,
+            rate_limited,
+            brute_force_refused,
+            brute_force_blocks,
+            would_refuse,
+            usage_flushes,
         }
+    }
+
+    /// Counts an admitted request its key's shadow scope would have refused.
+    pub fn would_refuse(&self, reason: Refusal) {
+        self.would_refuse[reason as usize].inc();
     }
 
     /// Registers an upstream group's series at zero, so dashboards and

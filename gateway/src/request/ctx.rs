@@ -53,6 +53,10 @@ pub struct Ctx {
     pub body_limit: u64,
     /// Body bytes streamed upstream so far.
     pub body_seen: u64,
+    /// The client's address (brute-force limits are per address).
+    pub client: Option<std::net::IpAddr>,
+    /// Why the key's shadow scope would have refused this admitted request.
+    pub would_refuse: Option<&'static str>,
 }
 
 impl Ctx {
@@ -87,6 +91,8 @@ impl Ctx {
             counted: false,
             body_limit: 0,
             body_seen: 0,
+            client: None,
+            would_refuse: None,
         }
     }
 }

@@ -24,6 +24,7 @@ use scopegate_keystore::{Access, DomainRef, Hashed, KeyStore, Principal, Refusal
 use crate::ops::metrics::{Metrics, Outcome};
 use crate::request::canon;
 use crate::request::ctx::Ctx;
+use crate::request::guard::Guard;
 use crate::request::head::content_length;
 use crate::request::keys::{self, Presented};
 use crate::request::respond::Reply;
@@ -136,6 +137,7 @@ impl From<Verdict> for Head {
 /// identity headers, upstream URI).
 pub fn decide_head(
     keystore: &KeyStore,
+    guard: &Guard,
     metrics: &Metrics,
     routing: &Routing,
     req: &RequestHeader,
@@ -194,48 +196,85 @@ pub fn decide_head(
         }
         Presented::One(s) => s,
     };
+    // A blocked address is refused before its key is hashed: guessing keys
+    // costs the guesser, not the gateway.
+    let now_ms = guard.now_ms();
+    let client = ctx.client;
+    if let Some(l) = guard.blocked(client, now_ms) {
+        metrics.brute_force_refused.inc();
+        return Head::Refuse(
+            Reply::TooManyAttempts(l.retry_after),
+            Outcome::RateLimited,
+            Some("brute_force"),
+        );
+    }
+    let need = if method == http::Method::GET || method == http::Method::HEAD {
+        Access::Read
+    } else {
+        Access::ReadWrite
+    };
+    let domain = match route.target {
+        RouteTarget::Domain => m.domain.and_then(domain_ref),
+        _ => None,
+    };
     // The key check proper, timed whatever its outcome.
     let started = Instant::now();
     let checked: std::result::Result<Hashed, Verdict> = (|| {
         let snap = keystore.snapshot();
-        let key: Hashed = keystore
-            .present(&snap, secret)
-            .map_err(|r| refuse_key(metrics, r))?;
+        // Malformed and unknown keys are the guesses brute force is made of.
+        let strike = |r: Refusal| {
+            if matches!(r, Refusal::MalformedKey | Refusal::UnknownKey)
+                && guard.failed(client, &config.brute_force, now_ms)
+            {
+                metrics.brute_force_blocks.inc();
+            }
+            refuse_key(metrics, r)
+        };
+        let key: Hashed = keystore.present(&snap, secret).map_err(strike)?;
         // The request's arrival time (no second clock read).
         let now = ctx.ts_ms.div_euclid(1000);
-        let principal = snap
-            .authenticate(&key, now)
-            .map_err(|r| refuse_key(metrics, r))?;
-        let allowed = match &route.target {
-            RouteTarget::Key => principal.authorize(Target::AnyKey),
-            RouteTarget::Org => principal.authorize(Target::Organisation),
-            RouteTarget::Domain => {
-                let need = if method == http::Method::GET || method == http::Method::HEAD {
-                    Access::Read
-                } else {
-                    Access::ReadWrite
-                };
-                match (m.domain.and_then(domain_ref), domain_index(route)) {
-                    (Some(Ok(id)), _) => {
-                        principal.authorize(Target::Domain(DomainRef::Id(id), need))
-                    }
-                    (Some(Err(name)), Some(i)) => {
-                        let r = principal.authorize(Target::Domain(DomainRef::Name(&name), need));
-                        // The upstream gets the name in the form that was checked.
-                        if name != segments[i] {
-                            renamed = Some((i, name.into_owned()));
-                        }
-                        r
-                    }
-                    _ => Err(Refusal::NotVisible),
+        let principal = snap.authenticate(&key, now).map_err(strike)?;
+        let target = match &route.target {
+            RouteTarget::Key => Some(Target::AnyKey),
+            RouteTarget::Org => Some(Target::Organisation),
+            RouteTarget::Domain => match (&domain, domain_index(route)) {
+                (Some(Ok(id)), _) => Some(Target::Domain(DomainRef::Id(*id), need)),
+                (Some(Err(name)), Some(_)) => {
+                    Some(Target::Domain(DomainRef::Name(name.as_ref()), need))
                 }
-            }
+                _ => return Err(refuse_scope(Refusal::NotVisible)),
+            },
             // Decided once the body has arrived.
-            RouteTarget::Sender(_) => Ok(()),
+            RouteTarget::Sender(_) => None,
             RouteTarget::Public => unreachable!("public routes return above"),
         };
-        allowed.map_err(refuse_scope)?;
-        if !matches!(route.target, RouteTarget::Sender(_)) {
+        if let Some(t) = target {
+            principal.authorize(t).map_err(refuse_scope)?;
+        }
+        let side = snap.side(principal.key.id);
+        let policy = side.and_then(|s| s.policy.as_deref());
+        if let (Some(shadow), Some(t)) = (policy.and_then(|p| p.shadow.as_ref()), target) {
+            if let Err(r) = principal.shadowed(shadow).authorize(t) {
+                metrics.would_refuse(r);
+                ctx.would_refuse = Some(r.as_str());
+            }
+        }
+        // Keys without a limit (most) never reach the bucket map.
+        if let Some(limit) = principal.rate_limit(policy) {
+            if let Err(l) = guard.take(principal.key.id, limit, now_ms) {
+                metrics.rate_limited.inc();
+                ctx.key_id = Some(principal.key.id);
+                return Err(Verdict::Refuse(
+                    Reply::RateLimited(l.retry_after),
+                    Outcome::RateLimited,
+                    Some("rate_limited"),
+                ));
+            }
+        }
+        if let Some(side) = side {
+            side.usage.record(now, policy.is_some_and(|p| p.rotated));
+        }
+        if target.is_some() {
             admit(ctx, &principal, snap.version);
         }
         Ok(key)
@@ -245,6 +284,12 @@ pub fn decide_head(
         Ok(k) => k,
         Err(v) => return v.into(),
     };
+    // The upstream gets the name in the form that was checked.
+    if let (Some(Err(name)), Some(i)) = (&domain, domain_index(route)) {
+        if **name != *segments[i] {
+            renamed = Some((i, name.to_string()));
+        }
+    }
     ctx.group = Some(m.entry.group.clone());
     ctx.upstream_uri = upstream_uri(&canon, unchanged, renamed, req.uri.query(), config);
     match &route.target {
@@ -452,6 +497,7 @@ mod tests {
             let mut ctx = Ctx::new();
             let head = decide_head(
                 &ks,
+                &Guard::new(),
                 &metrics,
                 &routing,
                 &head(method, path, &secret),

@@ -69,6 +69,7 @@ impl Proxy {
         let state = &*self.state;
         let (key, spec, limit) = match decide_head(
             &state.keystore,
+            &state.guard,
             &state.metrics,
             routing,
             session.req_header(),
@@ -114,6 +115,10 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.start = Instant::now();
         ctx.ts_ms = scopegate_keystore::time::now_ms();
+        ctx.client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         self.state.metrics.in_flight.inc();
         ctx.counted = true;
         let routing = self.state.routing.load_full();
@@ -295,6 +300,7 @@ impl ProxyHttp for Proxy {
             bytes_in: ctx.bytes_in.max(session.body_bytes_read()),
             bytes_out: session.body_bytes_sent(),
             latency_us: ctx.start.elapsed().as_micros() as u64,
+            would_refuse: ctx.would_refuse,
         });
     }
 

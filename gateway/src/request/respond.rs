@@ -42,6 +42,11 @@ pub enum Reply {
     GatewayTimeout,
     /// 503: the gateway is not able to decide (e.g. reload in progress failed).
     Unavailable,
+    /// 429: the key is over its rate limit; retry after this many seconds.
+    RateLimited(u64),
+    /// 429: this address made too many failed key attempts and is blocked
+    /// for this many more seconds.
+    TooManyAttempts(u64),
     /// 503: this instance cannot confirm its access data is current (it has
     /// not reached its store for longer than `fleet.max_staleness_ms`), so it
     /// fails closed rather than trust a snapshot that may miss a revocation.
@@ -62,6 +67,7 @@ impl Reply {
             Reply::BadGateway => 502,
             Reply::GatewayTimeout => 504,
             Reply::Unavailable | Reply::StoreUnavailable => 503,
+            Reply::RateLimited(_) | Reply::TooManyAttempts(_) => 429,
         }
     }
 
@@ -82,6 +88,8 @@ impl Reply {
             Reply::GatewayTimeout => "gateway_timeout",
             Reply::Unavailable => "unavailable",
             Reply::StoreUnavailable => "store_unavailable",
+            Reply::RateLimited(_) => "rate_limited",
+            Reply::TooManyAttempts(_) => "too_many_attempts",
         }
     }
 
@@ -100,6 +108,12 @@ impl Reply {
             Reply::Unavailable => "the gateway cannot decide right now",
             Reply::StoreUnavailable => {
                 "the gateway cannot confirm its access data is current; try again shortly"
+            }
+            Reply::RateLimited(_) => {
+                "this key is over its rate limit; retry after Retry-After seconds"
+            }
+            Reply::TooManyAttempts(_) => {
+                "too many failed key attempts from this address; retry after Retry-After seconds"
             }
         }
     }
@@ -190,6 +204,9 @@ pub async fn write_reply_as(
     h.insert_header("Cache-Control", "no-store")?;
     for (k, v) in reply.extra_headers() {
         h.insert_header(*k, *v)?;
+    }
+    if let Reply::RateLimited(s) | Reply::TooManyAttempts(s) = reply {
+        h.insert_header("Retry-After", s.to_string())?;
     }
     if !session.is_body_done() {
         // An unread body would be parsed as the next request: drain a small

@@ -25,6 +25,9 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// The access log queue.
     pub access_log: AccessLog,
+    /// Rate-limit buckets and brute-force strikes of this instance; kept
+    /// across config reloads.
+    pub guard: crate::request::guard::Guard,
     /// Upstream connections for the large-body forwarding path, pooled.
     pub connector: pingora::connectors::http::Connector,
     /// Admin API tokens; empty = `/v1` refused.

@@ -82,7 +82,8 @@ pub fn decide(
             upstream: None,
             identity: Vec::new(),
         };
-    match decide_head(keystore, &metrics, &routing, &req, &mut ctx) {
+    let guard = crate::request::guard::Guard::new();
+    match decide_head(keystore, &guard, &metrics, &routing, &req, &mut ctx) {
         Head::Refuse(r, o, why) => return Ok(refused(r, o, why)),
         Head::Forward => {}
         Head::NeedBody { key, spec, limit } => {

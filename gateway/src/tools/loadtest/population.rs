@@ -455,7 +455,7 @@ pub(super) fn load_population(
     let mut pop = read_sidecar(path, fingerprint)?;
     let now = scopegate_keystore::time::now();
     let states: HashMap<u64, &'static str> = ks
-        .list_keys(ORG, None, now)
+        .list_keys(ORG, None, None, now)
         .context("listing the store's keys")?
         .into_iter()
         .filter_map(|m| Some((secret::parse_id(&m.id)?, m.state)))
