@@ -94,7 +94,10 @@ fn scenario(location: &str) {
     // A new limit and a shadow on B, an organisation default on A.
     let patch = KeyPatch {
         rate_limit: Some(None),
-        shadow: Some(Some(BTreeMap::from([("a.example".to_string(), Access::Read)]))),
+        shadow: Some(Some(BTreeMap::from([(
+            "a.example".to_string(),
+            Access::Read,
+        )]))),
     };
     b.update_key(ACTOR, &new.meta.id, patch, NOW).unwrap();
     a.set_org_rate_limit(ACTOR, "o", Some(LIMIT)).unwrap();

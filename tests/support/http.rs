@@ -154,6 +154,16 @@ impl Conn {
         }
     }
 
+    /// A connection on a stream connected elsewhere (e.g. from a chosen
+    /// source address).
+    pub fn from_stream(s: TcpStream) -> Conn {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn {
+            reader: BufReader::new(s),
+        }
+    }
+
     /// Writes raw bytes.
     pub fn write_raw(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).unwrap();
