@@ -3,6 +3,7 @@
 //!
 //! - [`api`]: the admin listener (organisations, users, keys, status,
 //!   reload, plus `/metrics`, `/healthz` and `/readyz`), and reload on SIGHUP.
+//! - [`bodies`]: the JSON bodies the API accepts.
 //! - [`client`]: `scopegate admin …`, a small `std::net` HTTP client of that
 //!   API; it shares no code with the server, only the wire format.
 //!
@@ -10,4 +11,5 @@
 //! replies) and [`crate::ops`]. Never `tools`, `server` or `cli`.
 
 pub mod api;
+pub mod bodies;
 pub mod client;

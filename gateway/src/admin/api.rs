@@ -19,12 +19,12 @@ use pingora::services::background::BackgroundService;
 use scopegate_config::Config;
 use scopegate_keystore::time::now;
 use scopegate_keystore::{
-    Access, DomainInput, Error as KsError, ErrorKind, KeyPatch, KeyStore, NewKey, RateLimit, Role,
-    Status, UserInput,
+    DomainInput, Error as KsError, ErrorKind, KeyPatch, KeyStore, NewKey, RateLimit, UserInput,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::admin::bodies::{DomainSpec, KeyBody, OrgBody, PatchBody, RotateBody, UserBody};
 use crate::request::respond::error_json;
 use crate::request::routing::Routing;
 use crate::request::state::State;
@@ -114,84 +114,6 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
         .header("Cache-Control", "no-store")
         .body(body)
         .expect("valid response")
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrgBody {
-    domains: Vec<DomainSpec>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DomainSpec {
-    Name(String),
-    Full(DomainFull),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DomainFull {
-    name: String,
-    #[serde(default)]
-    id: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserBody {
-    role: Role,
-    #[serde(default)]
-    access: BTreeMap<String, Access>,
-    #[serde(default)]
-    status: Option<Status>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyBody {
-    user: String,
-    #[serde(default)]
-    domains: Option<Vec<String>>,
-    #[serde(default)]
-    org_wide: bool,
-    #[serde(default)]
-    access: Option<Access>,
-    #[serde(default)]
-    expires_at: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    /// An existing secret to import instead of generating one.
-    #[serde(default)]
-    secret: Option<String>,
-    #[serde(default)]
-    rate_limit: Option<RateLimit>,
-    #[serde(default)]
-    shadow: Option<BTreeMap<String, Access>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RotateBody {
-    grace_seconds: u32,
-}
-
-/// `PATCH /v1/keys/{id}`: a field that is absent stays as it is; `null`
-/// removes it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchBody {
-    #[serde(default, deserialize_with = "present")]
-    rate_limit: Option<Option<RateLimit>>,
-    #[serde(default, deserialize_with = "present")]
-    shadow: Option<Option<BTreeMap<String, Access>>>,
-}
-
-/// A field that is present, `null` or not: `Some(value)`.
-fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {

@@ -101,6 +101,21 @@ pub enum OrgCommand {
         /// Organisation id.
         org: String,
     },
+    /// Set the rate limit of the organisation's keys that have none of their
+    /// own (or with --none, leave them unlimited).
+    Limit {
+        /// Organisation id.
+        org: String,
+        /// Sustained requests per second, per key.
+        #[arg(long, required_unless_present = "none")]
+        per_second: Option<u32>,
+        /// Requests at once after a quiet spell, per key.
+        #[arg(long, required_unless_present = "none")]
+        burst: Option<u32>,
+        /// Remove the default.
+        #[arg(long, conflicts_with_all = ["per_second", "burst"])]
+        none: bool,
+    },
 }
 
 /// `scopegate admin user …`.
@@ -179,8 +194,11 @@ pub enum KeyCommand {
         /// Only this user's keys.
         #[arg(long)]
         user: Option<String>,
+        /// Only keys not used since then (RFC 3339), never-used ones included.
+        #[arg(long, value_name = "RFC3339")]
+        unused_since: Option<String>,
     },
-    /// Show one key (metadata only).
+    /// Show one key (metadata and usage, never the secret).
     Show {
         /// Key id (key_…).
         id: String,
@@ -189,6 +207,40 @@ pub enum KeyCommand {
     Revoke {
         /// Key id (key_…).
         id: String,
+    },
+    /// Rotate a key: a new secret for the same scope, creator and name; the
+    /// old one keeps working for the grace, then is refused as expired.
+    Rotate {
+        /// Key id (key_…).
+        id: String,
+        /// Seconds the old key keeps working.
+        #[arg(long, value_name = "SECONDS")]
+        grace: u32,
+    },
+    /// Set a key's rate limit (or with --none, fall back to the organisation's default).
+    Limit {
+        /// Key id (key_…).
+        id: String,
+        /// Sustained requests per second.
+        #[arg(long, required_unless_present = "none")]
+        per_second: Option<u32>,
+        /// Requests at once after a quiet spell.
+        #[arg(long, required_unless_present = "none")]
+        burst: Option<u32>,
+        /// Remove the key's own limit.
+        #[arg(long, conflicts_with_all = ["per_second", "burst"])]
+        none: bool,
+    },
+    /// Try a narrower scope: requests it would refuse are admitted and counted.
+    Shadow {
+        /// Key id (key_…).
+        id: String,
+        /// DOMAIN=read|read_write (repeatable).
+        #[arg(long = "access", value_name = "DOMAIN=LEVEL", value_parser = parse_access)]
+        access: Vec<(String, String)>,
+        /// Remove the shadow scope.
+        #[arg(long, conflicts_with = "access")]
+        none: bool,
     },
 }
 
@@ -641,6 +693,32 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
             }
             table(out, &["DOMAIN", "ID"], &rows).map_err(w)
         }
+        AdminCommand::Org(OrgCommand::Limit {
+            org,
+            per_second,
+            burst,
+            none,
+        }) => {
+            let path = format!("/v1/orgs/{}/rate_limit", enc(org));
+            let reply = if *none {
+                c.call("DELETE", &path, None)?
+            } else {
+                let body = json!({"per_second": per_second, "burst": burst});
+                c.call("PUT", &path, Some(&body))?
+            };
+            let (v, version, raw) = reply.ok()?;
+            if json {
+                return print_raw(out, &raw);
+            }
+            writeln!(
+                out,
+                "{}: default rate limit {}{}",
+                str_of(&v["org"]),
+                limit_text(&v["rate_limit"]).replace("none of its own", "none"),
+                enforced(version)
+            )
+            .map_err(w)
+        }
         AdminCommand::User(UserCommand::Put {
             org,
             user,
@@ -805,10 +883,21 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
                 None => writeln!(out, "(no secret returned: the key was imported)").map_err(w),
             }
         }
-        AdminCommand::Key(KeyCommand::List { org, user }) => {
-            let mut path = format!("/v1/orgs/{}/keys", enc(org));
+        AdminCommand::Key(KeyCommand::List {
+            org,
+            user,
+            unused_since,
+        }) => {
+            let mut query = Vec::new();
             if let Some(u) = user {
-                path.push_str(&format!("?user={}", enc(u)));
+                query.push(format!("user={}", enc(u)));
+            }
+            if let Some(t) = unused_since {
+                query.push(format!("unused_since={}", enc(t)));
+            }
+            let mut path = format!("/v1/orgs/{}/keys", enc(org));
+            if !query.is_empty() {
+                path.push_str(&format!("?{}", query.join("&")));
             }
             let (v, _, raw) = c.call("GET", &path, None)?.ok()?;
             if json {
@@ -840,11 +929,119 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
                     "revoked",
                     v["revoked_at"].as_str().unwrap_or("-").to_string(),
                 ),
+                (
+                    "last used",
+                    v["last_used_at"].as_str().unwrap_or("never").to_string(),
+                ),
+                ("requests", opt_num(&v["requests"])),
+                ("limit", limit_text(&v["rate_limit"])),
             ];
+            let rotated = [
+                (
+                    "shadow",
+                    (!v["shadow"].is_null()).then(|| pairs(&v["shadow"])),
+                ),
+                ("rotated", v["rotated_at"].as_str().map(str::to_string)),
+                ("replaced by", v["replaced_by"].as_str().map(str::to_string)),
+                (
+                    "grace uses",
+                    v["grace_uses"].as_u64().map(|n| n.to_string()),
+                ),
+            ];
+            let rows = rows
+                .into_iter()
+                .chain(rotated.into_iter().filter_map(|(k, v)| Some((k, v?))));
             for (k, val) in rows {
-                writeln!(out, "{:<9}{val}", format!("{k}:")).map_err(w)?;
+                writeln!(out, "{:<13}{val}", format!("{k}:")).map_err(w)?;
             }
             Ok(())
+        }
+        AdminCommand::Key(KeyCommand::Rotate { id, grace }) => {
+            let (v, version, raw) = c
+                .call(
+                    "POST",
+                    &format!("/v1/keys/{}/rotate", enc(id)),
+                    Some(&json!({ "grace_seconds": grace })),
+                )?
+                .ok()?;
+            if json {
+                return print_raw(out, &raw);
+            }
+            writeln!(
+                out,
+                "rotated {} to {} for {} in {}{}",
+                str_of(&v["replaces"]["id"]),
+                str_of(&v["id"]),
+                str_of(&v["user"]),
+                str_of(&v["org"]),
+                enforced(version)
+            )
+            .map_err(w)?;
+            writeln!(out, "  scope:   {}", scope_text(&v)).map_err(w)?;
+            writeln!(
+                out,
+                "  old key works until {}, then is refused as expired",
+                str_of(&v["replaces"]["expires_at"])
+            )
+            .map_err(w)?;
+            writeln!(out, "API key (shown only this once, store it now):").map_err(w)?;
+            writeln!(out, "{}", str_of(&v["key"])).map_err(w)
+        }
+        AdminCommand::Key(KeyCommand::Limit {
+            id,
+            per_second,
+            burst,
+            none,
+        }) => {
+            let limit = if *none {
+                Value::Null
+            } else {
+                json!({"per_second": per_second, "burst": burst})
+            };
+            let body = json!({ "rate_limit": limit });
+            let (v, version, raw) = c
+                .call("PATCH", &format!("/v1/keys/{}", enc(id)), Some(&body))?
+                .ok()?;
+            if json {
+                return print_raw(out, &raw);
+            }
+            writeln!(
+                out,
+                "{}: rate limit {}{}",
+                str_of(&v["id"]),
+                limit_text(&v["rate_limit"]),
+                enforced(version)
+            )
+            .map_err(w)
+        }
+        AdminCommand::Key(KeyCommand::Shadow { id, access, none }) => {
+            let shadow = if *none || access.is_empty() {
+                Value::Null
+            } else {
+                json!(access
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::BTreeMap<_, _>>())
+            };
+            let body = json!({ "shadow": shadow });
+            let (v, version, raw) = c
+                .call("PATCH", &format!("/v1/keys/{}", enc(id)), Some(&body))?
+                .ok()?;
+            if json {
+                return print_raw(out, &raw);
+            }
+            let text = if v["shadow"].is_null() {
+                "none".to_string()
+            } else {
+                pairs(&v["shadow"])
+            };
+            writeln!(
+                out,
+                "{}: shadow scope {text}{}",
+                str_of(&v["id"]),
+                enforced(version)
+            )
+            .map_err(w)
         }
         AdminCommand::Key(KeyCommand::Revoke { id }) => {
             let (v, version, raw) = c
@@ -1031,6 +1228,13 @@ fn access_text(u: &Value) -> String {
 }
 
 /// A key's declared scope.
+fn limit_text(l: &Value) -> String {
+    match (l["per_second"].as_u64(), l["burst"].as_u64()) {
+        (Some(p), Some(b)) => format!("{p}/s, burst {b}"),
+        _ => "none of its own".into(),
+    }
+}
+
 fn scope_text(k: &Value) -> String {
     if k["org_wide"] == true {
         "org-wide (every domain and organisation endpoints)".into()
@@ -1053,13 +1257,22 @@ fn key_table(out: Out<'_>, keys: &[Value]) -> std::io::Result<()> {
                     pairs(&k["domains"])
                 },
                 or_never(&k["expires_at"]),
+                k["last_used_at"].as_str().unwrap_or("never").to_string(),
                 k["name"].as_str().unwrap_or("-").to_string(),
             ]
         })
         .collect();
     table(
         out,
-        &["ID", "USER", "STATE", "SCOPE", "EXPIRES", "NAME"],
+        &[
+            "ID",
+            "USER",
+            "STATE",
+            "SCOPE",
+            "EXPIRES",
+            "LAST USED",
+            "NAME",
+        ],
         &rows,
     )
 }
