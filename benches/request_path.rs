@@ -8,7 +8,11 @@
 //! - `request_path/passthrough`: the upstream header clone alone.
 //! - `request_path/enforcing`: the clone, plus the decision (canonical
 //!   path, route, key from the headers, the key check against 100k keys,
-//!   identity) and the rewrite (identity headers in, key header out).
+//!   identity, usage counted) and the rewrite (identity headers in, key
+//!   header out), for keys without a rate limit.
+//! - `request_path/enforcing_rate_limited`: the same requests once each of
+//!   their keys has a rate limit (high enough never to refuse): what the
+//!   token bucket adds.
 //!
 //! The difference is enforcement's CPU per request with warm caches; the
 //! proxy benchmark (`benches/proxy.sh`) measures it in a running gateway,
@@ -24,7 +28,7 @@ use scopegate_gateway::metrics::Metrics;
 use scopegate_gateway::pingora::http::RequestHeader;
 use scopegate_gateway::proxy::Ctx;
 use scopegate_gateway::routing::Routing;
-use scopegate_keystore::{KeyStore, Pepper};
+use scopegate_keystore::{KeyPatch, KeyStore, Pepper, RateLimit, Target};
 use scopegate_suite::population::{populate, LaidOut};
 
 /// The allocator the gateway binary runs with.
@@ -66,7 +70,7 @@ fn bench(c: &mut Criterion) {
             black_box(upstream)
         })
     });
-    g.bench_function("enforcing", |b| {
+    let enforcing = |b: &mut criterion::Bencher| {
         let mut i = 0;
         b.iter(|| {
             let req = &requests[i & 4095];
@@ -78,7 +82,26 @@ fn bench(c: &mut Criterion) {
             rewrite_request(&mut upstream, &ctx, &routing).unwrap();
             black_box(upstream)
         })
-    });
+    };
+    g.bench_function("enforcing", &enforcing);
+    let now = scopegate_keystore::time::now();
+    let limit = RateLimit {
+        per_second: u32::MAX,
+        burst: u32::MAX,
+    };
+    for (secret, _) in laid.pairs().iter().take(4096) {
+        let id = ks
+            .check(Some(secret), Target::AnyKey, now)
+            .outcome
+            .expect("a live key")
+            .key_id;
+        let patch = KeyPatch {
+            rate_limit: Some(Some(limit)),
+            shadow: None,
+        };
+        ks.update_key("bench", &id, patch, now).unwrap();
+    }
+    g.bench_function("enforcing_rate_limited", &enforcing);
     g.finish();
 }
 

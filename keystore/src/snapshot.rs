@@ -267,6 +267,11 @@ impl UsageCell {
     /// or the next, never in both.
     pub fn take(&self) -> (u32, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
+        // Most keys were not used since the last batch: read, do not write,
+        // so a batch over a million keys dirties only the lines it must.
+        if self.requests.load(Relaxed) == 0 {
+            return (self.last_used.load(Relaxed), 0, 0);
+        }
         let requests = self.requests.swap(0, Relaxed);
         let grace = self.grace_uses.swap(0, Relaxed);
         (self.last_used.load(Relaxed), requests, grace)

@@ -860,7 +860,8 @@ fn keys_stored_before_locators_existed_keep_working() {
         let c = rusqlite::Connection::open(&db).unwrap();
         c.execute_batch(
             "ALTER TABLE keys DROP COLUMN locator; ALTER TABLE changes DROP COLUMN payload;
-             PRAGMA user_version = 1;",
+             ALTER TABLE keys DROP COLUMN lifecycle; ALTER TABLE orgs DROP COLUMN rate_limit;
+             DROP TABLE key_usage; PRAGMA user_version = 1;",
         )
         .unwrap();
     }
@@ -877,7 +878,7 @@ fn keys_stored_before_locators_existed_keep_working() {
     assert_eq!(version, 1, "a refused open migrated the store");
     let new = {
         let ks = open(&db);
-        assert_eq!(SqliteStore::open(&db).unwrap().schema_version().unwrap(), 3);
+        assert_eq!(SqliteStore::open(&db).unwrap().schema_version().unwrap(), 4);
         assert!(ks.check(Some(&old_a.secret), read, NOW).outcome.is_ok());
         assert!(ks.check(Some(&old_b.secret), read, NOW).outcome.is_ok());
         let new = ks
