@@ -998,13 +998,10 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
             } else {
                 json!({"per_second": per_second, "burst": burst})
             };
-            let body = json!({ "rate_limit": limit });
-            let (v, version, raw) = c
-                .call("PATCH", &format!("/v1/keys/{}", enc(id)), Some(&body))?
-                .ok()?;
-            if json {
-                return print_raw(out, &raw);
-            }
+            let Some((v, version)) = patch_key(c, id, json!({ "rate_limit": limit }), json, out)?
+            else {
+                return Ok(());
+            };
             writeln!(
                 out,
                 "{}: rate limit {}{}",
@@ -1023,13 +1020,10 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
                     .cloned()
                     .collect::<std::collections::BTreeMap<_, _>>())
             };
-            let body = json!({ "shadow": shadow });
-            let (v, version, raw) = c
-                .call("PATCH", &format!("/v1/keys/{}", enc(id)), Some(&body))?
-                .ok()?;
-            if json {
-                return print_raw(out, &raw);
-            }
+            let Some((v, version)) = patch_key(c, id, json!({ "shadow": shadow }), json, out)?
+            else {
+                return Ok(());
+            };
             let text = if v["shadow"].is_null() {
                 "none".to_string()
             } else {
@@ -1061,6 +1055,27 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
             .map_err(w)
         }
     }
+}
+
+/// `PATCH /v1/keys/{id}`: the answer and version, or `None` once `--json`
+/// printed it.
+fn patch_key(
+    c: &Client,
+    id: &str,
+    body: Value,
+    json: bool,
+    out: Out<'_>,
+) -> Result<Option<(Value, Option<u64>)>, Failure> {
+    let (v, version, raw) = c
+        .call("PATCH", &format!("/v1/keys/{}", enc(id)), Some(&body))?
+        .ok()?;
+    if json {
+        let text = String::from_utf8_lossy(&raw);
+        writeln!(out, "{}", text.trim_end())
+            .map_err(|e| Failure::Local(anyhow!("writing output: {e}")))?;
+        return Ok(None);
+    }
+    Ok(Some((v, version)))
 }
 
 /// Deactivate, then show what it revoked.
