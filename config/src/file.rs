@@ -50,6 +50,8 @@ fn file_order(key: &str) -> (usize, usize) {
         "secrets",
         "keys",
         "limits",
+        "tls",
+        "connections",
         "log",
         "upstreams",
         "routes",
@@ -85,6 +87,10 @@ struct RawConfig {
     keys: RawKeys,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    tls: crate::edge::RawTls,
+    #[serde(default)]
+    connections: crate::edge::RawConnections,
     #[serde(default)]
     log: RawLog,
     upstreams: Option<BTreeMap<String, RawUpstream>>,
@@ -205,6 +211,8 @@ impl RawConfig {
             secrets,
             keys,
             limits,
+            tls,
+            connections,
             log,
             upstreams,
             routes,
@@ -287,6 +295,8 @@ impl RawConfig {
             secrets: secrets.into_sources(d.secrets),
             keys: keys.into_sources(d.keys),
             limits,
+            tls: tls.into_tls(problems),
+            connections: connections.into_connections(),
             log: log.into_settings(d.log, problems),
             upstreams,
             routes,

@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod edge;
 mod error;
 mod file;
 mod model;
@@ -46,6 +47,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use edge::{Connections, Tls};
 pub use error::{ConfigError, Problem};
 pub use model::{
     AccessLog, BruteForce, Config, Fleet, KeyHeader, KeySources, Limits, LogFormat, LogSettings,

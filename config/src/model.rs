@@ -44,6 +44,10 @@ pub struct Config {
     pub keys: KeySources,
     /// `[limits]`: body sizes and deadlines that bound memory and slow clients.
     pub limits: Limits,
+    /// `[tls]`: TLS termination and its certificate files.
+    pub tls: crate::edge::Tls,
+    /// `[connections]`: what one client connection may hold, and how long.
+    pub connections: crate::edge::Connections,
     /// `[log]`: access log destination and format.
     pub log: LogSettings,
     /// `[upstreams.NAME]`: backend groups that routes point at, by name.
@@ -68,6 +72,8 @@ impl Default for Config {
             secrets: SecretSources::default(),
             keys: KeySources::default(),
             log: LogSettings::default(),
+            tls: Default::default(),
+            connections: Default::default(),
             upstreams: BTreeMap::from([
                 (
                     "domains".to_owned(),

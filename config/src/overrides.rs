@@ -31,6 +31,10 @@ pub struct Overrides {
     pub upstreams: Vec<(String, String)>,
     /// `--threads N` (0 = one per CPU).
     pub threads: Option<usize>,
+    /// `--tls-cert FILE`: the PEM certificate chain (`tls.cert`).
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key FILE`: the PEM private key (`tls.key`).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -44,6 +48,8 @@ impl Config {
             store,
             upstreams,
             threads,
+            tls_cert,
+            tls_key,
         } = o;
         let mut next = self.clone();
         let mut problems = Vec::new();
@@ -58,6 +64,12 @@ impl Config {
         }
         if let Some(threads) = threads {
             next.threads = threads;
+        }
+        if let Some(cert) = tls_cert {
+            next.tls.cert = Some(cert);
+        }
+        if let Some(key) = tls_key {
+            next.tls.key = Some(key);
         }
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, backend) in upstreams {
@@ -107,12 +119,18 @@ mod tests {
                     upstream("sending", "10.0.0.2:443"),
                 ],
                 threads: Some(4),
+                tls_cert: Some("/etc/gw/chain.pem".into()),
+                tls_key: Some("/etc/gw/key.pem".into()),
             })
             .unwrap();
         assert_eq!(config.listen, "0.0.0.0:80".parse().unwrap());
         assert_eq!(config.admin_listen, "127.0.0.1:9".parse().unwrap());
         assert_eq!(config.store, PathBuf::from("/var/lib/scopegate.db"));
         assert_eq!(config.threads, 4);
+        assert_eq!(
+            config.tls.files(),
+            Some((&"/etc/gw/chain.pem".into(), &"/etc/gw/key.pem".into()))
+        );
         assert_eq!(
             config.upstreams["sending"].backends,
             ["10.0.0.1:443", "10.0.0.2:443"]

@@ -112,6 +112,8 @@ impl Config {
         check_secrets(&self.secrets, &mut out);
         check_keys(&self.keys, &self.routes, &mut out);
         check_limits(&self.limits, &mut out);
+        crate::edge::check_tls(&self.tls, self.listen, self.admin_listen, &mut out.0);
+        crate::edge::check_connections(&self.connections, &mut out.0);
         if self.log.access_log == AccessLog::File(Default::default()) {
             out.push(
                 "log.access_log",
