@@ -63,6 +63,13 @@ pub struct ConfigArgs {
     /// Proxy worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// TLS certificate chain (PEM, leaf first): the proxy listener speaks
+    /// TLS 1.2/1.3 and HTTP/2 (`tls.cert`).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert (`tls.key`).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -81,6 +88,8 @@ impl ConfigArgs {
             store: self.store.clone(),
             upstreams,
             threads: self.threads,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         };
         let mut config = match &self.config {
             Some(p) => Config::load(p)?,

@@ -2,6 +2,8 @@
 //!
 //! - [`metrics`]: every counter and histogram the gateway exports, and the
 //!   outcome names requests are counted under.
+//! - [`edge`]: the connection layer's metrics (connections open, refusals
+//!   before a request is decided, certificate reloads).
 //! - [`accesslog`]: the non-blocking access log (one line per request,
 //!   written off the request path, keys masked).
 //!
@@ -13,4 +15,5 @@
 //! else in this crate (everything else uses it).
 
 pub mod accesslog;
+pub mod edge;
 pub mod metrics;

@@ -17,6 +17,11 @@
 //! 8. [`proxy`]: the Pingora `ProxyHttp` phases, which call the above, and
 //!    [`body`]: reading a send body to inspect, bounded by size and time.
 //!
+//! Before all of them, per connection: [`conn`], the connection layer
+//! (connection slots, the HTTP/1.1 head read whole within its deadline and
+//! checked by [`framing`], HTTP/2 settings), and [`tls`], the certificate
+//! the listener presents, swapped on reload.
+//!
 //! Below the phases: [`ctx`], the per-request state they share; [`head`],
 //! the request's Content-Length and logged path; [`state`], what every part
 //! of a running gateway shares.
@@ -26,10 +31,12 @@
 
 pub mod body;
 pub mod canon;
+pub mod conn;
 pub mod ctx;
 pub mod decide;
 pub mod forward;
 pub mod guard;
+pub mod framing;
 pub mod head;
 pub mod keys;
 pub mod proxy;
@@ -37,3 +44,4 @@ pub mod respond;
 pub mod routing;
 pub mod sender;
 pub mod state;
+pub mod tls;

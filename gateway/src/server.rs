@@ -275,6 +275,12 @@ pub fn build_state(
             &launch.keystore,
             launch.config.fleet.poll_interval,
         )?),
+        tls: match launch.config.tls.files() {
+            Some((cert, key)) => Some(Arc::new(
+                crate::request::tls::CertStore::load(cert, key).map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        },
     });
     Ok((state, log_thread))
 }
@@ -303,9 +309,13 @@ pub fn run_with_state(
     // while the rest of the process keeps running. Binding here first turns
     // that into a clear error and a non-zero exit.
     for (what, addr) in [
-        ("listen", config.listen),
-        ("admin_listen", config.admin_listen),
-    ] {
+        ("listen", Some(config.listen)),
+        ("admin_listen", Some(config.admin_listen)),
+        ("tls.listen", config.tls.listen),
+    ]
+    .into_iter()
+    .filter_map(|(what, addr)| Some((what, addr?)))
+    {
         std::net::TcpListener::bind(addr)
             .map_err(|e| anyhow::anyhow!("{what}: cannot listen on {addr}: {e}"))?;
     }
@@ -326,14 +336,15 @@ pub fn run_with_state(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
         crate::request::proxy::Proxy {
             state: Arc::clone(&state),
         },
-        "scopegate-proxy",
     );
-    proxy.add_tcp(&config.listen.to_string());
+    let edge = crate::request::conn::Edge::new(proxy, Arc::clone(&state), config.connections);
+    let mut proxy = Service::new("scopegate-proxy".to_string(), edge);
+    add_listeners(&mut proxy, config, &state)?;
     server.add_service(proxy);
 
     let mut admin = Service::new(
@@ -379,6 +390,32 @@ pub fn run_with_state(
     Ok(())
 }
 
+/// The proxy's listeners: plain HTTP on `listen` unless TLS took it over,
+/// TLS (1.2 and 1.3, ALPN `h2` then `http/1.1`) on `tls.listen` or `listen`,
+/// presenting whatever certificate [`State::tls`] holds at each handshake.
+fn add_listeners<A>(
+    service: &mut Service<A>,
+    config: &Config,
+    state: &State,
+) -> anyhow::Result<()> {
+    let Some(certs) = &state.tls else {
+        service.add_tcp(&config.listen.to_string());
+        return Ok(());
+    };
+    // Pingora's rustls settings offer exactly TLS 1.2 and 1.3.
+    let mut tls = pingora::listeners::tls::TlsSettings::intermediate("", "")?;
+    tls.set_cert_resolver(Arc::clone(certs) as _);
+    tls.enable_h2();
+    match config.tls.listen {
+        Some(addr) => {
+            service.add_tcp(&config.listen.to_string());
+            service.add_tls_with_settings(&addr.to_string(), None, tls);
+        }
+        None => service.add_tls_with_settings(&config.listen.to_string(), None, tls),
+    }
+    Ok(())
+}
+
 /// A gateway running on its own thread in this process: the demo, the load
 /// test and the black-box tests all start one this way. Stops (fast) on drop.
 pub struct Running {
@@ -386,6 +423,8 @@ pub struct Running {
     pub proxy: std::net::SocketAddr,
     /// The admin listener.
     pub admin: std::net::SocketAddr,
+    /// The TLS listener when it is apart from `proxy` (`tls.listen`).
+    pub tls: Option<std::net::SocketAddr>,
     /// The gateway's shared state (key store, metrics, routing).
     pub state: Arc<State>,
     stop: StopHandle,
@@ -407,6 +446,7 @@ impl Running {
         let mut running = Running {
             proxy: launch.config.listen,
             admin: launch.config.admin_listen,
+            tls: launch.config.tls.listen,
             state,
             stop,
             thread: Some(thread),

@@ -749,6 +749,12 @@ pub fn reload(state: &State) -> Result<usize, String> {
             ("threads", next.threads != cur.threads),
             ("secrets", next.secrets != cur.secrets),
             ("log", next.log != cur.log),
+            (
+                "tls (turning it on or off)",
+                next.tls.files().is_some() != cur.tls.files().is_some(),
+            ),
+            ("tls.listen", next.tls.listen != cur.tls.listen),
+            ("connections", next.connections != cur.connections),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -760,6 +766,28 @@ pub fn reload(state: &State) -> Result<usize, String> {
             ));
         }
         let routing = Routing::build(next, &state.metrics)?;
+        // The certificate files are re-read on every reload (renewed in
+        // place); handshakes from now on present the new pair.
+        if let (Some(certs), Some((cert, key))) = (&state.tls, routing.config.tls.files()) {
+            let label = match certs.reload(cert, key) {
+                Ok(()) => "ok",
+                Err(e) => {
+                    state
+                        .metrics
+                        .edge
+                        .cert_reloads
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    return Err(format!("{e}; nothing was reloaded"));
+                }
+            };
+            state
+                .metrics
+                .edge
+                .cert_reloads
+                .with_label_values(&[label])
+                .inc();
+        }
         let n = routing.routes.len();
         state.routing.store(Arc::new(routing));
         Ok(n)

@@ -136,6 +136,8 @@ pub struct Metrics {
     would_refuse: [IntCounter; Refusal::ALL.len()],
     /// Usage batches written to the store, by result.
     pub usage_flushes: IntCounterVec,
+    /// The connection layer's metrics (TLS, limits, framing refusals).
+    pub edge: crate::ops::edge::EdgeMetrics,
 }
 
 impl Metrics {
@@ -353,7 +355,9 @@ impl Metrics {
                 admin_mutations.with_label_values(&[kind, result]);
             }
         }
+        let edge = crate::ops::edge::EdgeMetrics::register(&registry);
         Metrics {
+            edge,
             registry,
             requests,
             invalid_keys,

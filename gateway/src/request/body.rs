@@ -62,6 +62,18 @@ pub async fn read_body(
                 Some("body_timeout"),
             )))
         }
+        // A malformed chunked body (bad chunk size, bad chunk end, bad
+        // trailer) is the client's framing error: 400, and the connection
+        // closes because its position in the stream is unknown.
+        Ok(Err(e)) if is_framing_error(&e) => {
+            ctx.bytes_in = buf.len();
+            session.set_keepalive(None);
+            Ok(Err(Verdict::Refuse(
+                Reply::BadRequest("bad_framing", "malformed chunked request body".into()),
+                Outcome::BadRequest,
+                Some("bad_chunk"),
+            )))
+        }
         Ok(Err(e)) => Err(e),
         Ok(Ok(false)) => {
             ctx.bytes_in = buf.len();
@@ -76,4 +88,22 @@ pub async fn read_body(
             Ok(Ok(buf.freeze()))
         }
     }
+}
+
+/// Whether a body read failed on the body's own framing (Pingora's chunked
+/// decoder errors), not on the connection.
+fn is_framing_error(e: &Error) -> bool {
+    matches!(
+        e.etype().as_str(),
+        "InvalidChunk" | "InvalidTrailerEnd" | "PrematureBodyEnd"
+    ) || matches!(e.etype(), ErrorType::InvalidHTTPHeader)
+}
+
+/// Whether the request body is sent chunked (HTTP/1.1).
+pub fn is_chunked(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::TRANSFER_ENCODING)
+        .is_some()
 }

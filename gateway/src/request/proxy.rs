@@ -16,7 +16,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::ops::accesslog::Entry;
 use crate::ops::metrics::Outcome;
-use crate::request::body::read_body;
+use crate::request::body::{is_chunked, read_body};
 use crate::request::ctx::Ctx;
 use crate::request::decide::{check_senders, decide_head, Head, Verdict};
 use crate::request::forward::{forward_buffered, REPLAY_LIMIT};
@@ -76,6 +76,25 @@ impl Proxy {
             ctx,
         ) {
             Head::Refuse(r, o, why) => return Ok(Verdict::Refuse(r, o, why)),
+            // A chunked body is read whole (within the route's limit) before
+            // anything is forwarded: a malformed chunk is refused with 400,
+            // never half-sent to the upstream.
+            Head::Forward if is_chunked(session) => {
+                let limit = match ctx.body_limit {
+                    0 => routing.config.limits.max_body_bytes,
+                    n => n,
+                };
+                let timeout = routing.config.limits.body_read_timeout;
+                let body = match read_body(session, ctx, limit, timeout).await? {
+                    Ok(b) => b,
+                    Err(v) => return Ok(v),
+                };
+                if body.len() <= REPLAY_LIMIT {
+                    return Ok(Verdict::Forward);
+                }
+                forward_buffered(state, session, ctx, body).await?;
+                return Ok(Verdict::Answered);
+            }
             Head::Forward => return Ok(Verdict::Forward),
             Head::NeedBody { key, spec, limit } => (key, spec, limit),
         };

@@ -47,6 +47,11 @@ pub enum Reply {
     /// 429: this address made too many failed key attempts and is blocked
     /// for this many more seconds.
     TooManyAttempts(u64),
+    /// 431: the request head is over `connections.max_header_bytes` or
+    /// `connections.max_headers`.
+    HeaderTooLarge,
+    /// 503: `connections.max_connections` are open and no slot freed in time.
+    OverCapacity,
     /// 503: this instance cannot confirm its access data is current (it has
     /// not reached its store for longer than `fleet.max_staleness_ms`), so it
     /// fails closed rather than trust a snapshot that may miss a revocation.
@@ -66,8 +71,9 @@ impl Reply {
             Reply::BodyTimeout => 408,
             Reply::BadGateway => 502,
             Reply::GatewayTimeout => 504,
-            Reply::Unavailable | Reply::StoreUnavailable => 503,
             Reply::RateLimited(_) | Reply::TooManyAttempts(_) => 429,
+            Reply::HeaderTooLarge => 431,
+            Reply::Unavailable | Reply::StoreUnavailable | Reply::OverCapacity => 503,
         }
     }
 
@@ -90,6 +96,8 @@ impl Reply {
             Reply::StoreUnavailable => "store_unavailable",
             Reply::RateLimited(_) => "rate_limited",
             Reply::TooManyAttempts(_) => "too_many_attempts",
+            Reply::HeaderTooLarge => "request_header_too_large",
+            Reply::OverCapacity => "over_capacity",
         }
     }
 
@@ -106,6 +114,8 @@ impl Reply {
             Reply::BadGateway => "the upstream service is unavailable",
             Reply::GatewayTimeout => "the upstream service did not answer in time",
             Reply::Unavailable => "the gateway cannot decide right now",
+            Reply::HeaderTooLarge => "the request header is too large or has too many fields",
+            Reply::OverCapacity => "the gateway has too many open connections; try again shortly",
             Reply::StoreUnavailable => {
                 "the gateway cannot confirm its access data is current; try again shortly"
             }
@@ -162,7 +172,7 @@ impl Reply {
             Reply::MissingKey | Reply::InvalidKey => {
                 &[("WWW-Authenticate", "Bearer realm=\"scopegate\"")]
             }
-            Reply::StoreUnavailable => &[("Retry-After", "1")],
+            Reply::StoreUnavailable | Reply::OverCapacity => &[("Retry-After", "1")],
             _ => &[],
         }
     }
@@ -176,6 +186,28 @@ pub fn error_json(code: &str, message: &str) -> serde_json::Value {
 /// [`error_json`] as response bytes.
 pub fn error_body(code: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&error_json(code, message)).expect("JSON of strings serialises"))
+}
+
+/// A reply as HTTP/1.1 bytes with `Connection: close`, for the connection
+/// layer, which answers before Pingora has a session (malformed heads, over
+/// limits, over capacity) and then closes the connection.
+pub fn closing_bytes(reply: &Reply, format: ResponseFormat) -> Vec<u8> {
+    let (status, body) = reply.render(format);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in reply.extra_headers() {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 /// `{"ErrorCode":n,"Message":"…"}`.

@@ -45,6 +45,9 @@ pub struct State {
     /// instances commit (and so confirms its freshness); stopped with the
     /// state. `None` only where nothing else writes (offline tools).
     pub follower: Option<scopegate_keystore::Follower>,
+    /// The TLS certificate the proxy presents, when `[tls]` is on; replaced
+    /// on reload while connections stay open.
+    pub tls: Option<Arc<crate::request::tls::CertStore>>,
 }
 
 impl State {
