@@ -37,7 +37,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 
 /// Sort key for a problem: top-level section in schema order, then route index.
 fn file_order(key: &str) -> (usize, usize) {
-    const SECTIONS: [&str; 15] = [
+    const SECTIONS: [&str; 17] = [
         "listen",
         "admin_listen",
         "threads",

@@ -27,8 +27,22 @@ pub fn free_port() -> SocketAddr {
     server::free_loopback_port().expect("a free loopback port")
 }
 
+/// How [`TestGateway::send`] reaches the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/1.1 on plain TCP (`listen`).
+    Plain,
+    /// HTTP/2 over TLS on `tls.listen`, a new connection per request; plain
+    /// HTTP stays on `listen` for the raw-bytes tests.
+    H2,
+}
+
 /// A running gateway with its mock upstreams.
 pub struct TestGateway {
+    /// The TLS listener and the certificate it started with, when on.
+    pub tls: Option<(SocketAddr, crate::tls::TestCert)>,
+    /// How [`TestGateway::send`] sends.
+    pub transport: Transport,
     /// The proxy listener.
     pub proxy: SocketAddr,
     /// The admin listener.
@@ -73,7 +87,26 @@ impl TestGateway {
         admin_tokens: Vec<AdminToken>,
         tweak: impl FnOnce(&mut Config),
     ) -> TestGateway {
-        Self::launch(admin_tokens, tweak, None)
+        Self::launch(admin_tokens, tweak, None, Transport::Plain)
+    }
+
+    /// A gateway with TLS on its own listener (a certificate made now) whose
+    /// [`TestGateway::send`] goes over `transport`.
+    pub fn start_over(transport: Transport, tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        let token = AdminToken {
+            name: "test".into(),
+            token: ADMIN_TOKEN.into(),
+        };
+        Self::launch(vec![token], tweak, None, transport)
+    }
+
+    /// Like [`TestGateway::start_reloadable`], with TLS on its own listener.
+    pub fn start_reloadable_tls(extra: &str) -> TestGateway {
+        let token = AdminToken {
+            name: "test".into(),
+            token: ADMIN_TOKEN.into(),
+        };
+        Self::launch(vec![token], |_| {}, Some(extra), Transport::H2)
     }
 
     /// A gateway started from a config file (written from the test's ports
@@ -84,7 +117,7 @@ impl TestGateway {
             name: "test".into(),
             token: ADMIN_TOKEN.into(),
         };
-        Self::launch(vec![token], |_| {}, Some(extra))
+        Self::launch(vec![token], |_| {}, Some(extra), Transport::Plain)
     }
 
     /// The config file of a reloadable gateway: its fixed settings plus `extra`.
@@ -105,6 +138,7 @@ impl TestGateway {
         admin_tokens: Vec<AdminToken>,
         tweak: impl FnOnce(&mut Config),
         file: Option<&str>,
+        transport: Transport,
     ) -> TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let sending = MockUpstream::spawn("sending").expect("mock sending");
@@ -123,6 +157,13 @@ impl TestGateway {
         for g in config.upstreams.values_mut() {
             g.health_check_interval = Some(Duration::from_millis(200));
         }
+        let cert = (transport == Transport::H2).then(|| {
+            let cert = crate::tls::make_cert(dir.path(), "gateway");
+            config.tls.cert = Some(cert.cert.clone());
+            config.tls.key = Some(cert.key.clone());
+            config.tls.listen = Some(free_port());
+            cert
+        });
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let config_path = file.map(|extra| {
@@ -147,6 +188,8 @@ impl TestGateway {
         };
         let running = server::Running::start(launch).expect("the gateway starts");
         let gw = TestGateway {
+            tls: config.tls.listen.zip(cert),
+            transport,
             proxy: config.listen,
             admin: config.admin_listen,
             keystore,
@@ -178,9 +221,14 @@ impl TestGateway {
         }
     }
 
-    /// Sends a request to the proxy.
+    /// Sends a request to the proxy, over this gateway's [`Transport`].
     pub fn send(&self, req: Request) -> crate::http::Response {
-        req.send(self.proxy)
+        match (&self.tls, self.transport) {
+            (Some((addr, cert)), Transport::H2) => crate::tls::H2Client::connect(*addr, &cert.der)
+                .send(&req)
+                .unwrap_or_else(|e| panic!("HTTP/2 {} {}: {e}", req.method, req.target)),
+            _ => req.send(self.proxy),
+        }
     }
 
     /// Sends an admin request with the test token.
@@ -204,8 +252,16 @@ impl TestGateway {
 /// The settings a reloadable test gateway cannot change without a restart,
 /// plus its upstream groups, as TOML.
 fn base_toml(c: &Config, sending: SocketAddr, domains: SocketAddr) -> String {
+    let tls = match (c.tls.files(), c.tls.listen) {
+        (Some((cert, key)), Some(listen)) => format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\nlisten = \"{listen}\"\n\n",
+            cert.display(),
+            key.display()
+        ),
+        _ => String::new(),
+    };
     format!(
-        "listen = \"{}\"\nadmin_listen = \"{}\"\nstore = \"{}\"\nthreads = {}\ngrace_period_ms = {}\n\n\
+        "listen = \"{}\"\nadmin_listen = \"{}\"\nstore = \"{}\"\nthreads = {}\ngrace_period_ms = {}\n\n{tls}\
          [log]\naccess_log = \"off\"\n\n\
          [upstreams.sending]\nbackends = [\"{sending}\"]\nhealth_check_interval_ms = 200\n\n\
          [upstreams.domains]\nbackends = [\"{domains}\"]\nhealth_check_interval_ms = 200\n\n",

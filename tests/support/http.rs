@@ -138,9 +138,29 @@ impl Request {
     }
 }
 
+/// A byte stream a [`Conn`] runs over: plain TCP, or TLS on TCP.
+pub trait Transport: Read + Write + Send {
+    /// The TCP socket underneath (for timeouts).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Transport for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Transport
+    for tokio_rustls::rustls::StreamOwned<tokio_rustls::rustls::ClientConnection, TcpStream>
+{
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
 /// One client connection, for keep-alive tests.
 pub struct Conn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Transport>>,
 }
 
 impl Conn {
@@ -149,8 +169,13 @@ impl Conn {
         let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.set_nodelay(true).unwrap();
+        Conn::from_transport(Box::new(s))
+    }
+
+    /// A connection over an already open transport (TLS: see `tls::h1_conn`).
+    pub fn from_transport(t: Box<dyn Transport>) -> Conn {
         Conn {
-            reader: BufReader::new(s),
+            reader: BufReader::new(t),
         }
     }
 
@@ -159,14 +184,20 @@ impl Conn {
     pub fn from_stream(s: TcpStream) -> Conn {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.set_nodelay(true).unwrap();
-        Conn {
-            reader: BufReader::new(s),
-        }
+        Conn::from_transport(Box::new(s))
+    }
+
+    /// Writes raw bytes, reporting failure (a closed connection) instead of
+    /// panicking.
+    pub fn try_write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(bytes)?;
+        self.reader.get_mut().flush()
     }
 
     /// Writes raw bytes.
     pub fn write_raw(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).unwrap();
+        self.reader.get_mut().flush().unwrap();
     }
 
     /// Sends a request and reads its response.
@@ -205,7 +236,11 @@ impl Conn {
 
     /// Whether the server closed the connection (reads EOF within `wait`).
     pub fn is_closed(&mut self, wait: Duration) -> bool {
-        self.reader.get_ref().set_read_timeout(Some(wait)).unwrap();
+        self.reader
+            .get_ref()
+            .tcp()
+            .set_read_timeout(Some(wait))
+            .unwrap();
         let mut b = [0u8; 1];
         matches!(self.reader.read(&mut b), Ok(0) | Err(_))
     }

@@ -8,6 +8,7 @@ pub mod http;
 pub mod pg;
 pub mod population;
 pub mod sample;
+pub mod tls;
 
 /// The `scopegate` binary of this build (for tests that start real
 /// processes). `cargo test --workspace` builds it, because the gateway

@@ -142,7 +142,14 @@ pub async fn forward_buffered(
         .clone()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing"))?;
     let mut req = session.req_header().clone();
+    // An HTTP/2 client's request goes up as HTTP/1.1 (as Pingora's own path
+    // does it): version 1.1, and its `:authority` as the Host header.
+    let authority = req.uri.authority().map(|a| a.as_str().to_owned());
+    req.set_version(http::Version::HTTP_11);
     rewrite_request(&mut req, ctx, &routing)?;
+    if let (None, Some(a)) = (req.headers.get(http::header::HOST), authority) {
+        req.insert_header(http::header::HOST, a)?;
+    }
     // The body is whole: send it with its length, whatever framing it came in.
     req.remove_header(&http::header::TRANSFER_ENCODING);
     req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

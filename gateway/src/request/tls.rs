@@ -68,7 +68,7 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     let provider = pingora::tls::CryptoProvider::get_default()
         .ok_or("tls: no rustls crypto provider installed")?;
     // from_der also checks the key is the certificate's (where it can tell).
-    let pair = CertifiedKey::from_der(chain, der, &provider).map_err(|e| {
+    let pair = CertifiedKey::from_der(chain, der, provider).map_err(|e| {
         format!("tls: {key_s} is not a usable key for the certificate in {cert_s}: {e}")
     })?;
     Ok(pair)
