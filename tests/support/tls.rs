@@ -67,6 +67,21 @@ pub struct Negotiated {
     pub leaf: Vec<u8>,
 }
 
+impl Negotiated {
+    /// What `conn`'s handshake settled.
+    fn of(conn: &rustls::ClientConnection) -> Negotiated {
+        Negotiated {
+            alpn: conn.alpn_protocol().map(|p| p.to_vec()),
+            version: conn.protocol_version(),
+            leaf: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Opens a TLS connection (handshake done) with `config`.
 pub fn tls_stream(
     addr: SocketAddr,
@@ -83,15 +98,7 @@ pub fn tls_stream(
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp)?;
     }
-    let negotiated = Negotiated {
-        alpn: conn.alpn_protocol().map(|p| p.to_vec()),
-        version: conn.protocol_version(),
-        leaf: conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.as_ref().to_vec())
-            .unwrap_or_default(),
-    };
+    let negotiated = Negotiated::of(&conn);
     Ok((rustls::StreamOwned::new(conn, tcp), negotiated))
 }
 
@@ -131,16 +138,7 @@ impl H2Client {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (_, c) = tls.get_ref();
-            let negotiated = Negotiated {
-                alpn: c.alpn_protocol().map(|p| p.to_vec()),
-                version: c.protocol_version(),
-                leaf: c
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| c.as_ref().to_vec())
-                    .unwrap_or_default(),
-            };
+            let negotiated = Negotiated::of(tls.get_ref().1);
             if negotiated.alpn.as_deref() != Some(b"h2") {
                 return Err(format!("ALPN chose {:?}", negotiated.alpn));
             }
