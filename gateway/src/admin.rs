@@ -2,7 +2,9 @@
 //! calls it.
 //!
 //! - [`api`]: the admin listener (organisations, users, keys, status,
-//!   reload, plus `/metrics`, `/healthz` and `/readyz`), and reload on SIGHUP.
+//!   reload, plus `/metrics`, `/healthz` and `/readyz`).
+//! - [`reload`]: the configuration reloaded in place (`POST /v1/reload`,
+//!   SIGHUP), certificates included.
 //! - [`bodies`]: the JSON bodies the API accepts.
 //! - [`client`]: `scopegate admin …`, a small `std::net` HTTP client of that
 //!   API; it shares no code with the server, only the wire format.
@@ -13,3 +15,4 @@
 pub mod api;
 pub mod bodies;
 pub mod client;
+pub mod reload;

@@ -365,7 +365,7 @@ pub fn run_with_state(
     ));
     server.add_service(background_service(
         "scopegate-reload",
-        crate::admin::api::ReloadOnHup {
+        crate::admin::reload::ReloadOnHup {
             state: Arc::clone(&state),
         },
     ));
