@@ -198,7 +198,8 @@ pub fn decide_head(
     };
     // A blocked address is refused before its key is hashed: guessing keys
     // costs the guesser, not the gateway.
-    let now_ms = guard.now_ms();
+    // The request's arrival time (no second clock read).
+    let now_ms = ctx.ts_ms.max(0) as u64;
     let client = ctx.client;
     if let Some(l) = guard.blocked(client, now_ms) {
         metrics.brute_force_refused.inc();

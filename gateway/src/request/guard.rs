@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use scopegate_config::BruteForce;
@@ -32,7 +32,7 @@ const MAX_TRACKED: usize = 100_000;
 struct Bucket {
     /// Milli-tokens held as of `at_ms`.
     milli: u64,
-    /// When `milli` was last brought up to date (ms since the guard's epoch).
+    /// When `milli` was last brought up to date (Unix ms).
     at_ms: u64,
 }
 
@@ -50,18 +50,20 @@ impl Bucket {
 /// Failed attempts of one client address.
 #[derive(Debug)]
 struct Strikes {
-    /// Start of the current one-minute window (ms since the epoch).
+    /// Start of the current one-minute window (Unix ms).
     window_ms: u64,
     /// Failures in the window.
     count: u32,
-    /// Blocked until then (ms since the epoch); 0 = not blocked.
+    /// Blocked until then (Unix ms); 0 = not blocked.
     blocked_until_ms: u64,
 }
 
 /// The limiter state of one instance, kept across config reloads.
+///
+/// Its clock is the request's arrival time (Unix ms), which the request
+/// path has already read: no second clock read per request. A clock
+/// stepped back only delays refills (elapsed time saturates at zero).
 pub struct Guard {
-    /// The clock both limits read (monotonic, ms).
-    epoch: Instant,
     /// Token buckets of rate-limited keys, by public key id. A bucket that
     /// has refilled to its burst is the same as no bucket, so the sweep
     /// drops those: the map holds only keys used within the last
@@ -69,7 +71,7 @@ pub struct Guard {
     buckets: DashMap<u64, Bucket>,
     /// Failed attempts by client address.
     strikes: DashMap<IpAddr, Strikes>,
-    /// The latest end of any block (ms since the epoch): while the clock is
+    /// The latest end of any block (Unix ms): while the clock is
     /// past it, no address is blocked and the check is this one load.
     blocked_until_ms: AtomicU64,
 }
@@ -91,17 +93,16 @@ impl Guard {
     /// An empty guard.
     pub fn new() -> Guard {
         Guard {
-            epoch: Instant::now(),
             buckets: DashMap::new(),
             strikes: DashMap::new(),
             blocked_until_ms: AtomicU64::new(0),
         }
     }
 
-    /// Milliseconds since the epoch, now.
-    #[inline]
+    /// The guard's clock now (Unix ms), for callers without a request's
+    /// arrival time.
     pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        scopegate_keystore::time::now_ms().max(0) as u64
     }
 
     /// Takes one token from a rate-limited key's bucket, or says when one
