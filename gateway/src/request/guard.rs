@@ -34,6 +34,9 @@ struct Bucket {
     milli: u64,
     /// When `milli` was last brought up to date (Unix ms).
     at_ms: u64,
+    /// The limit the bucket was filled under: a key given another limit
+    /// starts over with a full bucket of the new size.
+    limit: RateLimit,
 }
 
 impl Bucket {
@@ -108,10 +111,18 @@ impl Guard {
     /// Takes one token from a rate-limited key's bucket, or says when one
     /// will be there.
     pub fn take(&self, key_id: u64, limit: RateLimit, now_ms: u64) -> Result<(), Limited> {
-        let mut b = self.buckets.entry(key_id).or_insert_with(|| Bucket {
+        let full = Bucket {
             milli: u64::from(limit.burst) * TOKEN,
             at_ms: now_ms,
-        });
+            limit,
+        };
+        let mut b = self
+            .buckets
+            .entry(key_id)
+            .or_insert_with(|| Bucket { ..full });
+        if b.limit != limit {
+            *b = full;
+        }
         b.refill(limit, now_ms);
         if b.milli >= TOKEN {
             b.milli -= TOKEN;
@@ -222,6 +233,17 @@ mod tests {
             Err(Limited { retry_after: 1 }),
             "half a second to the next token rounds up to one"
         );
+    }
+
+    #[test]
+    fn a_new_limit_starts_with_a_full_bucket() {
+        let g = Guard::new();
+        while g.take(1, LIMIT, 0).is_ok() {}
+        let more = RateLimit {
+            per_second: 2,
+            burst: 10,
+        };
+        assert_eq!((0..20).filter(|_| g.take(1, more, 0).is_ok()).count(), 10);
     }
 
     #[test]
