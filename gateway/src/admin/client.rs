@@ -106,16 +106,35 @@ pub enum OrgCommand {
     Limit {
         /// Organisation id.
         org: String,
-        /// Sustained requests per second, per key.
-        #[arg(long, required_unless_present = "none")]
-        per_second: Option<u32>,
-        /// Requests at once after a quiet spell, per key.
-        #[arg(long, required_unless_present = "none")]
-        burst: Option<u32>,
-        /// Remove the default.
-        #[arg(long, conflicts_with_all = ["per_second", "burst"])]
-        none: bool,
+        /// The limit of each key (not of all together).
+        #[command(flatten)]
+        limit: LimitArgs,
     },
+}
+
+/// A rate limit as flags: `--per-second N --burst M`, or `--none`.
+#[derive(clap::Args, Debug)]
+pub struct LimitArgs {
+    /// Sustained requests per second.
+    #[arg(long, required_unless_present = "none")]
+    per_second: Option<u32>,
+    /// Requests at once after a quiet spell.
+    #[arg(long, required_unless_present = "none")]
+    burst: Option<u32>,
+    /// Remove the limit.
+    #[arg(long, conflicts_with_all = ["per_second", "burst"])]
+    none: bool,
+}
+
+impl LimitArgs {
+    /// The limit as the API takes it (`null` for `--none`).
+    fn json(&self) -> Value {
+        if self.none {
+            Value::Null
+        } else {
+            json!({"per_second": self.per_second, "burst": self.burst})
+        }
+    }
 }
 
 /// `scopegate admin user …`.
@@ -221,15 +240,9 @@ pub enum KeyCommand {
     Limit {
         /// Key id (key_…).
         id: String,
-        /// Sustained requests per second.
-        #[arg(long, required_unless_present = "none")]
-        per_second: Option<u32>,
-        /// Requests at once after a quiet spell.
-        #[arg(long, required_unless_present = "none")]
-        burst: Option<u32>,
-        /// Remove the key's own limit.
-        #[arg(long, conflicts_with_all = ["per_second", "burst"])]
-        none: bool,
+        /// The key's own limit (`--none`: the organisation's default).
+        #[command(flatten)]
+        limit: LimitArgs,
     },
     /// Try a narrower scope: requests it would refuse are admitted and counted.
     Shadow {
@@ -693,18 +706,12 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
             }
             table(out, &["DOMAIN", "ID"], &rows).map_err(w)
         }
-        AdminCommand::Org(OrgCommand::Limit {
-            org,
-            per_second,
-            burst,
-            none,
-        }) => {
+        AdminCommand::Org(OrgCommand::Limit { org, limit }) => {
             let path = format!("/v1/orgs/{}/rate_limit", enc(org));
-            let reply = if *none {
+            let reply = if limit.none {
                 c.call("DELETE", &path, None)?
             } else {
-                let body = json!({"per_second": per_second, "burst": burst});
-                c.call("PUT", &path, Some(&body))?
+                c.call("PUT", &path, Some(&limit.json()))?
             };
             let (v, version, raw) = reply.ok()?;
             if json {
@@ -987,19 +994,9 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
             writeln!(out, "API key (shown only this once, store it now):").map_err(w)?;
             writeln!(out, "{}", str_of(&v["key"])).map_err(w)
         }
-        AdminCommand::Key(KeyCommand::Limit {
-            id,
-            per_second,
-            burst,
-            none,
-        }) => {
-            let limit = if *none {
-                Value::Null
-            } else {
-                json!({"per_second": per_second, "burst": burst})
-            };
-            let Some((v, version)) = patch_key(c, id, json!({ "rate_limit": limit }), json, out)?
-            else {
+        AdminCommand::Key(KeyCommand::Limit { id, limit }) => {
+            let body = json!({ "rate_limit": limit.json() });
+            let Some((v, version)) = patch_key(c, id, body, json, out)? else {
                 return Ok(());
             };
             writeln!(
