@@ -398,8 +398,14 @@ fn add_listeners<A>(
     config: &Config,
     state: &State,
 ) -> anyhow::Result<()> {
+    use pingora::listeners::{L4BufferSettings, ListenerConfig};
+    // Pingora reads each connection through a 64 KiB buffer by default, and
+    // an idle keep-alive connection keeps it: 16 KiB (the default header
+    // limit) keeps many idle connections cheap; bodies just take more reads.
+    let buffer = L4BufferSettings::default().read(16 * 1024);
+    let tcp = |addr: std::net::SocketAddr| ListenerConfig::tcp(addr.to_string()).l4_buffer(buffer);
     let Some(certs) = &state.tls else {
-        service.add_tcp(&config.listen.to_string());
+        service.add_listener(tcp(config.listen));
         return Ok(());
     };
     // Pingora's rustls settings offer exactly TLS 1.2 and 1.3.
@@ -408,10 +414,10 @@ fn add_listeners<A>(
     tls.enable_h2();
     match config.tls.listen {
         Some(addr) => {
-            service.add_tcp(&config.listen.to_string());
-            service.add_tls_with_settings(&addr.to_string(), None, tls);
+            service.add_listener(tcp(config.listen));
+            service.add_listener(tcp(addr).tls(tls));
         }
-        None => service.add_tls_with_settings(&config.listen.to_string(), None, tls),
+        None => service.add_listener(tcp(config.listen).tls(tls)),
     }
     Ok(())
 }
