@@ -145,6 +145,11 @@ pub fn canonicalize(raw: &str) -> Result<CanonPath<'_>, PathError> {
             return Err(PathError::EncodedPercent);
         }
         let text = String::from_utf8(out).map_err(|_| PathError::InvalidText)?;
+        // C1 controls (U+0080-U+009F, e.g. NEL) too, raw or encoded: some
+        // systems read them as line breaks. (Found by the `path` fuzz target.)
+        if text.chars().any(char::is_control) {
+            return Err(PathError::InvalidText);
+        }
         segments.push(Cow::Owned(text));
     }
     Ok(CanonPath {
@@ -221,6 +226,14 @@ pub fn encode<'a>(segments: impl IntoIterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn c1_control_characters_are_refused_raw_or_encoded() {
+        for p in ["/d\u{92}ains/dFmai", "/domains/a%C2%85b", "/domains/a\u{85}b"] {
+            assert_eq!(canonicalize(p), Err(PathError::InvalidText), "{p:?}");
+        }
+        assert!(canonicalize("/domains/b%C3%BCcher.example").is_ok());
+    }
 
     fn segs(p: &str) -> Vec<String> {
         canonicalize(p)
