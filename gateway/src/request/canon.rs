@@ -152,6 +152,19 @@ pub fn canonicalize(raw: &str) -> Result<CanonPath<'_>, PathError> {
         }
         segments.push(Cow::Owned(text));
     }
+    // The path the upstream receives is re-encoded: bound that form too, or
+    // a path of raw non-pchar bytes would go up three times as long as the
+    // limit, and would not canonicalise again. (Found by the `path` fuzz
+    // target.)
+    if !unchanged {
+        let encoded: usize = segments
+            .iter()
+            .map(|s| 1 + s.bytes().map(|b| if is_pchar(b) { 1 } else { 3 }).sum::<usize>())
+            .sum();
+        if encoded > MAX_PATH {
+            return Err(PathError::TooLong);
+        }
+    }
     Ok(CanonPath {
         segments,
         unchanged,
@@ -226,6 +239,15 @@ pub fn encode<'a>(segments: impl IntoIterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_re_encoded_path_is_bounded_too() {
+        let raw = format!("/domains/{}", "`".repeat(2000));
+        assert_eq!(canonicalize(&raw), Err(PathError::TooLong));
+        let fits = format!("/domains/{}", "`".repeat(1000));
+        let c = canonicalize(&fits).unwrap();
+        assert!(canonicalize(&encode(c.segments.iter().map(|s| s.as_ref()))).is_ok());
+    }
 
     #[test]
     fn c1_control_characters_are_refused_raw_or_encoded() {
