@@ -4,7 +4,8 @@
 #   bash fuzz/run.sh 30 path head   # some targets
 # Installs cargo-fuzz and a nightly toolchain when missing. New inputs that
 # add coverage land in fuzz/corpus/<target>/, which is then minimised
-# (cargo fuzz cmin) so the corpus kept in the repository stays small; a
+# (cargo fuzz cmin, then at most its 300 smallest inputs) so the corpus kept
+# in the repository stays small; a
 # crash stops the run with its input in fuzz/artifacts/<target>/.
 # gateway/tests/fuzz_corpus.rs replays the corpus on stable Rust (CI).
 # FUZZ_SANITIZER=address turns AddressSanitizer on (default: none, faster;
@@ -30,6 +31,9 @@ for t in "${targets[@]}"; do
   fi
   grep -E '^Done [0-9]+ runs|stat::number_of_executed_units' "$log" | head -2 >&2
   cargo +nightly fuzz cmin -s "$san" "$t" "corpus/$t" >/dev/null 2>&1 || true
+  # Keep the repository's corpus small: the 300 smallest inputs of the
+  # minimised set.
+  (cd "corpus/$t" && ls -S | head -n -300 | xargs -r rm -f)
   echo "   corpus: $(ls "corpus/$t" | wc -l) files" >&2
   rm -f "$log"
 done

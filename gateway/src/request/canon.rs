@@ -159,7 +159,12 @@ pub fn canonicalize(raw: &str) -> Result<CanonPath<'_>, PathError> {
     if !unchanged {
         let encoded: usize = segments
             .iter()
-            .map(|s| 1 + s.bytes().map(|b| if is_pchar(b) { 1 } else { 3 }).sum::<usize>())
+            .map(|s| {
+                1 + s
+                    .bytes()
+                    .map(|b| if is_pchar(b) { 1 } else { 3 })
+                    .sum::<usize>()
+            })
             .sum();
         if encoded > MAX_PATH {
             return Err(PathError::TooLong);
@@ -251,7 +256,11 @@ mod tests {
 
     #[test]
     fn c1_control_characters_are_refused_raw_or_encoded() {
-        for p in ["/d\u{92}ains/dFmai", "/domains/a%C2%85b", "/domains/a\u{85}b"] {
+        for p in [
+            "/d\u{92}ains/dFmai",
+            "/domains/a%C2%85b",
+            "/domains/a\u{85}b",
+        ] {
             assert_eq!(canonicalize(p), Err(PathError::InvalidText), "{p:?}");
         }
         assert!(canonicalize("/domains/b%C3%BCcher.example").is_ok());
