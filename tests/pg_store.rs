@@ -439,6 +439,34 @@ fn a_lagging_instance_reloads_once_the_log_was_pruned() {
 }
 
 #[test]
+fn a_log_whose_entries_are_missing_behind_its_head_makes_a_follower_reload() {
+    let url = fresh_database_url();
+    let a = open(&url);
+    let b = open(&url);
+    seed(&a);
+    b.follow().unwrap();
+    let (kept, _) = create(&a, new_key("m1@o.test"));
+    let (secret, id) = create(&a, new_key("m1@o.test"));
+    a.revoke_key(ACTOR, &id, NOW).unwrap();
+    let head = a.status().version;
+    // The entries b has not read are gone, the head still says they exist:
+    // b must not take its old snapshot for current.
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let gone = db
+        .execute(
+            "DELETE FROM changes WHERE version > $1",
+            &[&(b.status().version as i64)],
+        )
+        .unwrap();
+    assert_eq!(gone, 3);
+    let f = b.follow().unwrap();
+    assert!(f.reloaded, "{f:?}");
+    assert_eq!(f.version, head);
+    assert!(admitted(&b, &kept));
+    assert!(!admitted(&b, &secret));
+}
+
+#[test]
 fn a_watcher_wakes_when_another_instance_commits() {
     let url = fresh_database_url();
     let a = open(&url);

@@ -431,7 +431,8 @@ impl KeyStore {
                 .into());
             }
             let mut expect = at + 1;
-            let mut complete = true;
+            // A head past `at` with no entry after it is a gap too.
+            let mut complete = !(entries.is_empty() && head > at);
             for e in &entries {
                 let Some(change) = e.change.as_ref().filter(|_| e.version == expect) else {
                     complete = false;
