@@ -49,6 +49,7 @@ fn spec(store: String, m: &Mocks, poll: u64, stale: u64) -> FleetSpec {
         domains: m.domains.addr(),
         poll_interval_ms: poll,
         max_staleness_ms: stale,
+        threads: 1,
     }
 }
 

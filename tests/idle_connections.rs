@@ -6,23 +6,14 @@
 //! descriptor limit).
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use scopegate_gateway::mock::MockUpstream;
 use scopegate_keystore::{KeyStore, Pepper};
-use scopegate_suite::gateway::{free_port, ADMIN_TOKEN, PEPPER};
+use scopegate_suite::fleet::{FleetSpec, Instance};
+use scopegate_suite::gateway::PEPPER;
 use scopegate_suite::http::{Conn, Request};
-use scopegate_suite::{sample, scopegate_bin};
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use scopegate_suite::sample;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -51,39 +42,19 @@ fn idle_keep_alive_connections_are_held_while_traffic_flows_in_bounded_memory() 
     let domains = MockUpstream::spawn("domains").unwrap();
     let store = dir.path().join("keys.db");
     let keys = sample::setup(&KeyStore::open_sqlite(&store, Pepper::new(PEPPER)).unwrap());
-    let (proxy, admin) = (free_port(), free_port());
-    let config = dir.path().join("gw.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\nstore = \"{}\"\nthreads = 2\ngrace_period_ms = 1000\n\n\
-             [log]\naccess_log = \"off\"\n\n[upstreams.sending]\nbackends = [\"{}\"]\n\n[upstreams.domains]\nbackends = [\"{}\"]\n",
-            store.display(),
-            sending.addr(),
-            domains.addr()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(scopegate_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("SCOPEGATE_PEPPER", std::str::from_utf8(PEPPER).unwrap())
-        .env("SCOPEGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let _serve = Serve(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(admin).is_err()
-        || Request::new("GET", "/readyz").send(admin).status != 200
-    {
-        assert!(Instant::now() < deadline, "serve did not become ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let serve = Instance::start(
+        &FleetSpec {
+            store: store.display().to_string(),
+            sending: sending.addr(),
+            domains: domains.addr(),
+            poll_interval_ms: FleetSpec::DEFAULT_POLL_MS,
+            max_staleness_ms: FleetSpec::DEFAULT_STALENESS_MS,
+            threads: 2,
+        },
+        dir.path(),
+        "gw",
+    );
+    let (proxy, admin, pid) = (serve.proxy, serve.admin, serve.pid());
     let req = Request::new("GET", "/domains/staging.example.com").bearer(&keys.dev);
     assert_eq!(req.send(proxy).status, 200);
     let before = rss_kib(pid);

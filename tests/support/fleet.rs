@@ -35,6 +35,15 @@ pub struct FleetSpec {
     pub poll_interval_ms: u64,
     /// `[fleet] max_staleness_ms`.
     pub max_staleness_ms: u64,
+    /// Proxy worker threads of each instance.
+    pub threads: usize,
+}
+
+impl FleetSpec {
+    /// `[fleet] poll_interval_ms`'s default.
+    pub const DEFAULT_POLL_MS: u64 = 500;
+    /// `[fleet] max_staleness_ms`'s default.
+    pub const DEFAULT_STALENESS_MS: u64 = 5000;
 }
 
 impl Instance {
@@ -44,13 +53,14 @@ impl Instance {
         let admin = free_port();
         let config = dir.join(format!("{name}.toml"));
         let text = format!(
-            "listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\nstore = \"{store}\"\nthreads = 1\n\
+            "listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\nstore = \"{store}\"\nthreads = {threads}\n\
              grace_period_ms = 1000\n\n\
              [fleet]\npoll_interval_ms = {poll}\nmax_staleness_ms = {stale}\n\n\
              [log]\naccess_log = \"off\"\n\n\
              [upstreams.sending]\nbackends = [\"{sending}\"]\nhealth_check_interval_ms = 200\n\n\
              [upstreams.domains]\nbackends = [\"{domains}\"]\nhealth_check_interval_ms = 200\n",
             store = spec.store,
+            threads = spec.threads,
             poll = spec.poll_interval_ms,
             stale = spec.max_staleness_ms,
             sending = spec.sending,
@@ -102,6 +112,11 @@ impl Instance {
             assert!(Instant::now() < deadline, "instance did not become ready");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The process id (for its memory in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGKILL: no shutdown code runs.
