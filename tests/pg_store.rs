@@ -490,13 +490,19 @@ fn a_watcher_wakes_when_another_instance_commits() {
     let (a, s) = writer.join().unwrap();
     assert_eq!(b.follow().unwrap().applied, 1);
     assert!(admitted(&b, &s));
-    // Several commits while nobody waits: one wake-up covers them, and the
-    // next wait times out.
+    // Several commits while nobody waits: a wake-up covers what has arrived
+    // by then. PostgreSQL delivers each commit's notification asynchronously,
+    // so one still on its way may wake the next wait — at most one per
+    // remaining commit — and then the watcher goes quiet.
     for _ in 0..3 {
         create(&a, new_key("m1@o.test"));
     }
     assert!(w.wait(Duration::from_secs(5)).unwrap());
-    assert!(!w.wait(Duration::from_millis(100)).unwrap());
+    let mut late = 0;
+    while w.wait(Duration::from_millis(100)).unwrap() {
+        late += 1;
+        assert!(late <= 2, "more wake-ups than commits");
+    }
 }
 
 #[test]
