@@ -73,6 +73,8 @@ fn demo_shows_admission_refusal_and_offboarding_against_real_upstreams() {
     has("identical: the gateway does not reveal that example.com exists");
     // A send from a domain the key cannot write, refused before the upstream.
     line_with(&["POST /email", "422 sender_not_allowed"]);
+    // The same refusal in Postmark's envelope, from the second instance.
+    line_with(&["response_format = \"postmark\"", "422 {\"ErrorCode\":400,"]);
     // Admitted requests are relayed from the upstream process itself.
     line_with(&[
         "upstream sending saw: POST /email",

@@ -145,7 +145,7 @@ fn the_official_node_client_gets_through_what_its_key_allows_and_typed_errors_fo
                 "createDomain",
                 json!([{"Name": "x.example"}]),
             ),
-            Err(("UnknownError", 0, 403)),
+            Err(("UnknownError", 10, 403)),
         ),
         (
             call("account", &keys.dev_read, "verifyDomainDKIM", json!([102])),

@@ -422,7 +422,7 @@ impl RawRoute {
         // An unknown target is reported below; the sender fields may be right.
         let other_target = matches!(
             self.target.as_deref(),
-            Some("key" | "org" | "domain" | "public")
+            Some("key" | "org" | "domain" | "server" | "server_id" | "public")
         );
         if other_target {
             for (field, value) in [
@@ -438,6 +438,8 @@ impl RawRoute {
             Some("key") => Some(Target::Key),
             Some("org") => Some(Target::Org),
             Some("domain") => Some(Target::Domain),
+            Some("server") => Some(Target::Server),
+            Some("server_id") => Some(Target::ServerId),
             Some("public") => Some(Target::Public),
             Some("sender") => Some(Target::Sender(SenderSpec {
                 sender_pointer: self.sender_pointer.unwrap_or_else(|| "/From".to_owned()),
@@ -449,7 +451,7 @@ impl RawRoute {
             })),
             other => {
                 let expected =
-                    "expected one of \"key\", \"org\", \"domain\", \"sender\", \"public\"";
+                    "expected one of \"key\", \"org\", \"domain\", \"sender\", \"server\", \"server_id\", \"public\"";
                 let message = match other {
                     None => format!("missing: {expected}"),
                     Some(t) => format!("{t:?}: {expected}"),
@@ -804,6 +806,71 @@ max_body_bytes = 10
         );
         assert_eq!(config.routes[1].max_body_bytes, 10);
         assert!(config.routes[1].methods.is_empty());
+    }
+
+    #[test]
+    fn server_targets_need_their_capture_and_captures_their_target() {
+        let text = r#"
+[[routes]]
+methods = ["GET"]
+path = "/servers/{server}"
+upstream = "sending"
+target = "server_id"
+
+[[routes]]
+path = "/server/**"
+upstream = "sending"
+target = "server"
+
+[[routes]]
+path = "/servers"
+upstream = "sending"
+target = "server_id"
+
+[[routes]]
+path = "/x/{server}"
+upstream = "sending"
+target = "org"
+
+[[routes]]
+path = "/y/{server}"
+upstream = "sending"
+target = "domain"
+
+[[routes]]
+path = "/z/{domain}"
+upstream = "sending"
+target = "server"
+sender_pointer = "/From"
+"#;
+        let err = Config::from_toml_str(text, "t.toml").unwrap_err();
+        let got: Vec<(&str, &str)> = err
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.message.as_str()))
+            .collect();
+        let keys: Vec<&str> = got.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [
+                "routes[2].target",
+                "routes[3].path",
+                "routes[4].target",
+                "routes[4].path",
+                "routes[5].sender_pointer",
+                "routes[5].path",
+            ],
+            "{err}"
+        );
+        assert!(got[0].1.contains("needs a {server} segment"), "{err}");
+        assert!(got[1]
+            .1
+            .contains("only meaningful with target = \"server_id\""));
+
+        let ok = &text[..text.find("[[routes]]\npath = \"/servers\"").unwrap()];
+        let config = Config::from_toml_str(ok, "t.toml").unwrap();
+        assert_eq!(config.routes[0].target, Target::ServerId);
+        assert_eq!(config.routes[1].target, Target::Server);
     }
 
     #[test]

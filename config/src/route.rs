@@ -48,6 +48,14 @@ pub enum Target {
     /// `"sender"`: the `From` domain of every message in the JSON body; needs
     /// read_write on each.
     Sender(SenderSpec),
+    /// `"server"`: the server the key is bound to (a Postmark server token),
+    /// at the method's level: GET/HEAD need read, other methods read_write.
+    /// A key bound to no server is refused (403).
+    Server,
+    /// `"server_id"`: the `{server}` path segment is a numeric server id
+    /// (`/servers/{server}`). An organisation-wide key may act on any; a
+    /// key bound to that very server only, at the method's level.
+    ServerId,
     /// `"public"`: no key needed; only ever by explicit configuration.
     Public,
 }
@@ -60,6 +68,8 @@ impl Target {
             Target::Org => "org",
             Target::Domain => "domain",
             Target::Sender(_) => "sender",
+            Target::Server => "server",
+            Target::ServerId => "server_id",
             Target::Public => "public",
         }
     }
@@ -106,13 +116,16 @@ pub enum Segment {
     Literal(String),
     /// `{domain}`: matches any one segment and names it as the target domain.
     Domain,
+    /// `{server}`: matches any one segment and names it as the target
+    /// server's numeric id.
+    Server,
     /// `**`, last only: matches the rest of the path, zero or more segments.
     Rest,
 }
 
 impl PathPattern {
     /// Parses a pattern: it starts with `/`, has no empty segments, at most one
-    /// `{domain}`, and `**` only as the last segment. The error says what is
+    /// capture (`{domain}` or `{server}`), and `**` only as the last segment. The error says what is
     /// wrong, quoting the pattern.
     pub fn parse(s: &str) -> Result<Self, String> {
         let Some(rest) = s.strip_prefix('/') else {
@@ -128,10 +141,17 @@ impl PathPattern {
                             "{s:?} has an empty segment (\"//\" or a trailing \"/\")"
                         ))
                     }
-                    "{domain}" if segments.contains(&Segment::Domain) => {
-                        return Err(format!("{s:?} has more than one {{domain}}"))
+                    "{domain}" | "{server}"
+                        if segments
+                            .iter()
+                            .any(|s| matches!(s, Segment::Domain | Segment::Server)) =>
+                    {
+                        return Err(format!(
+                            "{s:?} has more than one {{domain}} or {{server}}"
+                        ))
                     }
                     "{domain}" => Segment::Domain,
+                    "{server}" => Segment::Server,
                     "**" if i + 1 < parts.len() => {
                         return Err(format!("{s:?}: \"**\" may only be the last segment"))
                     }
@@ -143,7 +163,7 @@ impl PathPattern {
                     }
                     p if p.contains(['{', '}', '*', '?', '#', '\\']) => {
                         return Err(format!(
-                            "{s:?}: segment {p:?} is not allowed; only \"{{domain}}\" and a final \"**\" are special, and '?', '#' and '\\' never appear in a canonical path"
+                            "{s:?}: segment {p:?} is not allowed; only \"{{domain}}\", \"{{server}}\" and a final \"**\" are special, and '?', '#' and '\\' never appear in a canonical path"
                         ))
                     }
                     p => Segment::Literal(p.to_owned()),
@@ -158,8 +178,9 @@ impl PathPattern {
     }
 
     /// Matches the segments of a canonical path (`/a/b` is `["a", "b"]`).
-    /// Returns `None` on no match, `Some(domain)` on a match, where `domain`
-    /// is the segment captured by `{domain}`, if the pattern has one.
+    /// Returns `None` on no match, `Some(captured)` on a match, where
+    /// `captured` is the segment matched by `{domain}` or `{server}`, if the
+    /// pattern has one (it has at most one).
     pub fn matches<'a>(&self, segments: &[&'a str]) -> Option<Option<&'a str>> {
         let mut domain = None;
         for (i, pattern) in self.segments.iter().enumerate() {
@@ -173,7 +194,7 @@ impl PathPattern {
                         return None;
                     }
                 }
-                Segment::Domain => domain = Some(*segments.get(i)?),
+                Segment::Domain | Segment::Server => domain = Some(*segments.get(i)?),
             }
         }
         (segments.len() == self.segments.len()).then_some(domain)
@@ -182,6 +203,19 @@ impl PathPattern {
     /// Whether the pattern captures a target domain.
     pub fn has_domain(&self) -> bool {
         self.segments.contains(&Segment::Domain)
+    }
+
+    /// Whether the pattern captures a server id.
+    pub fn has_server(&self) -> bool {
+        self.segments.contains(&Segment::Server)
+    }
+
+    /// The index of the captured segment (`{domain}` or `{server}`) in a
+    /// matching path; it precedes any `**`, so pattern and path agree.
+    pub fn capture_index(&self) -> Option<usize> {
+        self.segments
+            .iter()
+            .position(|s| matches!(s, Segment::Domain | Segment::Server))
     }
 }
 
@@ -248,6 +282,41 @@ pub(crate) fn default_routes_for(limits: &Limits) -> Vec<Route> {
         route(&[], "/users/**", "domains", Target::Org),
         route(&[], "/invitations/**", "domains", Target::Org),
         route(&[], "/billing/**", "domains", Target::Org),
+        // Postmark's account API (account tokens: org-wide keys), except
+        // that any key lists sender signatures (the upstream filters by the
+        // scope header, as for /domains) and creates one on a domain it may
+        // write. `/senders/{id}` is organisation-level: a signature's id
+        // does not say its domain, and the gateway asks the upstream nothing.
+        route(&["GET"], "/senders", "domains", Target::Key),
+        route(
+            &["POST"],
+            "/senders",
+            "domains",
+            Target::Sender(SenderSpec {
+                sender_pointer: "/FromEmail".to_owned(),
+                messages: Messages::Single,
+            }),
+        ),
+        route(&[], "/senders/**", "domains", Target::Org),
+        route(&[], "/data-removals/**", "domains", Target::Org),
+        // Pushing templates between servers is account-level; any other
+        // method on `/templates/push` is the server's template aliased "push".
+        route(&["PUT"], "/templates/push", "domains", Target::Org),
+        // A key may read its own server by id; everything else on
+        // `/servers` is organisation-level.
+        route(&["GET"], "/servers/{server}", "domains", Target::ServerId),
+        route(&[], "/servers/**", "domains", Target::Org),
+        // Postmark's server API (server tokens: keys bound to a server), at
+        // the method's level.
+        route(&[], "/server/**", "sending", Target::Server),
+        route(&[], "/messages/**", "sending", Target::Server),
+        route(&[], "/bounces/**", "sending", Target::Server),
+        route(&[], "/deliverystats/**", "sending", Target::Server),
+        route(&[], "/templates/**", "sending", Target::Server),
+        route(&[], "/stats/**", "sending", Target::Server),
+        route(&[], "/webhooks/**", "sending", Target::Server),
+        route(&[], "/message-streams/**", "sending", Target::Server),
+        route(&[], "/triggers/inboundrules/**", "sending", Target::Server),
     ]
 }
 
@@ -302,6 +371,18 @@ mod tests {
     }
 
     #[test]
+    fn server_captures_one_segment() {
+        let p = pattern("/servers/{server}");
+        assert_eq!(p.matches(&["servers", "12"]), Some(Some("12")));
+        assert_eq!(p.matches(&["Servers", "12"]), Some(Some("12")));
+        assert_eq!(p.matches(&["servers"]), None);
+        assert_eq!(p.matches(&["servers", "12", "x"]), None);
+        assert!(p.has_server() && !p.has_domain());
+        assert_eq!(p.capture_index(), Some(1));
+        assert_eq!(pattern("/a/**").capture_index(), None);
+    }
+
+    #[test]
     fn root_pattern_matches_only_root() {
         let p = pattern("/");
         assert!(p.segments.is_empty());
@@ -318,6 +399,8 @@ mod tests {
             ("/a//b", "empty segment"),
             ("/**/x", "last segment"),
             ("/{domain}/{domain}", "more than one"),
+            ("/{domain}/{server}", "more than one"),
+            ("/{server}/x/{server}", "more than one"),
             ("/{domian}", "not allowed"),
             ("/email/*", "not allowed"),
             ("/a/../b", "could never match"),
@@ -352,7 +435,91 @@ mod tests {
         );
         assert_eq!(find("GET", &["account"]), Some(("domains", "org")));
         assert_eq!(find("PUT", &["users", "u1"]), Some(("domains", "org")));
-        assert_eq!(find("GET", &["servers"]), None);
+        assert_eq!(find("GET", &["servers"]), Some(("domains", "org")));
+        assert_eq!(find("POST", &["servers"]), Some(("domains", "org")));
+        assert_eq!(
+            find("GET", &["servers", "12"]),
+            Some(("domains", "server_id"))
+        );
+        assert_eq!(find("PUT", &["servers", "12"]), Some(("domains", "org")));
+        assert_eq!(find("DELETE", &["servers", "12"]), Some(("domains", "org")));
+        assert_eq!(find("GET", &["senders"]), Some(("domains", "key")));
+        assert_eq!(find("POST", &["senders"]), Some(("domains", "sender")));
+        for (method, path) in [
+            ("GET", &["senders", "7"][..]),
+            ("PUT", &["senders", "7"]),
+            ("DELETE", &["senders", "7"]),
+            ("POST", &["senders", "7", "resend"]),
+            ("POST", &["data-removals"]),
+            ("GET", &["data-removals", "1"]),
+        ] {
+            assert_eq!(
+                find(method, path),
+                Some(("domains", "org")),
+                "{method} {path:?}"
+            );
+        }
+        for (method, path) in [
+            ("GET", &["server"][..]),
+            ("PUT", &["server"]),
+            ("GET", &["messages", "outbound"]),
+            ("PUT", &["messages", "inbound", "x", "retry"]),
+            ("GET", &["bounces"]),
+            ("PUT", &["bounces", "1", "activate"]),
+            ("GET", &["deliverystats"]),
+            ("GET", &["templates"]),
+            ("POST", &["templates", "validate"]),
+            ("GET", &["stats", "outbound", "opens"]),
+            ("POST", &["webhooks"]),
+            ("DELETE", &["webhooks", "3"]),
+            (
+                "GET",
+                &["message-streams", "outbound", "suppressions", "dump"],
+            ),
+            ("POST", &["triggers", "inboundrules"]),
+            ("DELETE", &["triggers", "inboundrules", "4"]),
+        ] {
+            assert_eq!(
+                find(method, path),
+                Some(("sending", "server")),
+                "{method} {path:?}"
+            );
+        }
+        // Only the inbound-rule triggers are routed, not the rest of /triggers.
+        assert_eq!(find("GET", &["triggers", "tags"]), None);
+        // The more specific route wins: pushing templates is account-level,
+        // a template aliased "push" (or any other) is the server's.
+        assert_eq!(
+            find("PUT", &["templates", "push"]),
+            Some(("domains", "org"))
+        );
+        assert_eq!(
+            find("PUT", &["Templates", "PUSH"]),
+            Some(("domains", "org"))
+        );
+        assert_eq!(
+            find("GET", &["templates", "push"]),
+            Some(("sending", "server"))
+        );
+        assert_eq!(
+            find("DELETE", &["templates", "push"]),
+            Some(("sending", "server"))
+        );
+        assert_eq!(
+            find("PUT", &["templates", "welcome"]),
+            Some(("sending", "server"))
+        );
+        let senders = routes
+            .iter()
+            .find(|r| r.target.name() == "sender" && r.path.raw == "/senders")
+            .unwrap();
+        assert_eq!(
+            senders.target,
+            Target::Sender(SenderSpec {
+                sender_pointer: "/FromEmail".into(),
+                messages: Messages::Single
+            })
+        );
 
         let batch = &routes[6];
         assert_eq!(batch.path.raw, "/email/batchWithTemplates");

@@ -347,24 +347,39 @@ fn check_routes(config: &Config, ctx: &RouteContext, out: &mut Out) {
 }
 
 fn check_target(route: &Route, key: &str, out: &mut Out) {
-    let has_domain = route.path.has_domain();
-    match &route.target {
-        Target::Domain if !has_domain => out.push(
-            format!("{key}.target"),
-            format!(
-                "target \"domain\" needs a {{domain}} segment in the path, and {:?} has none",
-                route.path.raw
-            ),
+    // Each capture belongs to one target, and that target needs it.
+    for (segment, has, target, what) in [
+        (
+            "{domain}",
+            route.path.has_domain(),
+            "domain",
+            "the target domain",
         ),
-        Target::Domain => {}
-        other if has_domain => out.push(
-            format!("{key}.path"),
-            format!(
-                "{{domain}} is only meaningful with target = \"domain\" (this route has target = {:?})",
-                other.name()
-            ),
+        (
+            "{server}",
+            route.path.has_server(),
+            "server_id",
+            "the numeric server id",
         ),
-        _ => {}
+    ] {
+        let is_target = route.target.name() == target;
+        if is_target && !has {
+            out.push(
+                format!("{key}.target"),
+                format!(
+                    "target \"{target}\" needs a {segment} segment ({what}) in the path, and {:?} has none",
+                    route.path.raw
+                ),
+            );
+        } else if has && !is_target {
+            out.push(
+                format!("{key}.path"),
+                format!(
+                    "{segment} is only meaningful with target = \"{target}\" (this route has target = {:?})",
+                    route.target.name()
+                ),
+            );
+        }
     }
     if let Target::Sender(spec) = &route.target {
         if let Err(message) = check_pointer(&spec.sender_pointer) {

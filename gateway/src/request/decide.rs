@@ -48,8 +48,13 @@ fn refuse_key(metrics: &Metrics, r: Refusal) -> Verdict {
     Verdict::Refuse(Reply::InvalidKey, Outcome::InvalidKey, Some(r.as_str()))
 }
 
-fn refuse_scope(r: Refusal) -> Verdict {
+/// A scope refusal as the reply; `server` says the route targets a server,
+/// whose read-only answer names it.
+fn refuse_scope(r: Refusal, server: bool) -> Verdict {
     match r {
+        Refusal::ReadOnly if server => {
+            Verdict::Refuse(Reply::ServerReadOnly, Outcome::Forbidden, Some(r.as_str()))
+        }
         Refusal::ReadOnly => Verdict::Refuse(Reply::ReadOnly, Outcome::Forbidden, Some(r.as_str())),
         Refusal::OrgWideRequired => {
             Verdict::Refuse(Reply::OrgWideRequired, Outcome::Forbidden, Some(r.as_str()))
@@ -104,6 +109,15 @@ fn domain_ref(segment: &str) -> Option<Result<u64, std::borrow::Cow<'_, str>>> {
     scopegate_keystore::canonical_domain_cow(segment)
         .ok()
         .map(Err)
+}
+
+/// A `{server}` path segment as a numeric server id; `None` when it cannot
+/// be one (answered like any unknown resource: 404).
+fn server_id(segment: &str) -> Option<u64> {
+    if segment.is_empty() || segment.len() > 19 || !segment.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    segment.parse().ok()
 }
 
 /// The part of the decision made from the request header alone.
@@ -215,9 +229,10 @@ pub fn decide_head(
         Access::ReadWrite
     };
     let domain = match route.target {
-        RouteTarget::Domain => m.domain.and_then(domain_ref),
+        RouteTarget::Domain => m.captured.and_then(domain_ref),
         _ => None,
     };
+    let server = matches!(route.target, RouteTarget::Server | RouteTarget::ServerId);
     // The key check proper, timed whatever its outcome.
     let started = Instant::now();
     let checked: std::result::Result<Hashed, Verdict> = (|| {
@@ -238,19 +253,33 @@ pub fn decide_head(
         let target = match &route.target {
             RouteTarget::Key => Some(Target::AnyKey),
             RouteTarget::Org => Some(Target::Organisation),
-            RouteTarget::Domain => match (&domain, domain_index(route)) {
+            RouteTarget::Domain => match (&domain, route.path.capture_index()) {
                 (Some(Ok(id)), _) => Some(Target::Domain(DomainRef::Id(*id), need)),
                 (Some(Err(name)), Some(_)) => {
                     Some(Target::Domain(DomainRef::Name(name.as_ref()), need))
                 }
-                _ => return Err(refuse_scope(Refusal::NotVisible)),
+                _ => return Err(refuse_scope(Refusal::NotVisible, false)),
+            },
+            // No key is bound to a server before the keystore has servers.
+            RouteTarget::Server => {
+                return Err(Verdict::Refuse(
+                    Reply::ServerKeyRequired,
+                    Outcome::Forbidden,
+                    Some("server_key_required"),
+                ))
+            }
+            RouteTarget::ServerId => match m.captured.and_then(server_id) {
+                Some(_) => Some(Target::Organisation),
+                None => return Err(refuse_scope(Refusal::NotVisible, true)),
             },
             // Decided once the body has arrived.
             RouteTarget::Sender(_) => None,
             RouteTarget::Public => unreachable!("public routes return above"),
         };
         if let Some(t) = target {
-            principal.authorize(t).map_err(refuse_scope)?;
+            principal
+                .authorize(t)
+                .map_err(|r| refuse_scope(r, server))?;
         }
         let side = snap.side(principal.key.id);
         let policy = side.and_then(|s| s.policy.as_deref());
@@ -286,7 +315,7 @@ pub fn decide_head(
         Err(v) => return v.into(),
     };
     // The upstream gets the name in the form that was checked.
-    if let (Some(Err(name)), Some(i)) = (&domain, domain_index(route)) {
+    if let (Some(Err(name)), Some(i)) = (&domain, route.path.capture_index()) {
         if **name != *segments[i] {
             renamed = Some((i, name.to_string()));
         }
@@ -337,16 +366,6 @@ fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
         return Some("a Transfer-Encoding other than chunked");
     }
     None
-}
-
-/// The index of the `{domain}` segment in the request path (it precedes
-/// any `**`, so pattern and path indices agree).
-fn domain_index(route: &scopegate_config::Route) -> Option<usize> {
-    route
-        .path
-        .segments
-        .iter()
-        .position(|s| matches!(s, scopegate_config::Segment::Domain))
 }
 
 /// The path and query the upstream receives, when they differ from the

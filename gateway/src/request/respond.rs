@@ -25,6 +25,14 @@ pub enum Reply {
     ReadOnly,
     /// 403: organisation-level endpoint and the key is not org-wide.
     OrgWideRequired,
+    /// 403: a server-level endpoint and the key is bound to no server (an
+    /// account token where a server token is needed).
+    ServerKeyRequired,
+    /// 403: the key is bound to a server it (or its creator) has no access
+    /// to now: the server was deleted, or the creator unassigned from it.
+    ServerNotVisible,
+    /// 403: the key may only read its server.
+    ServerReadOnly,
     /// 422: a message's From domain is not writable by this key (identical
     /// whether the domain exists or not); the text names only the message index.
     SenderNotAllowed(String),
@@ -64,7 +72,11 @@ impl Reply {
         match self {
             Reply::MissingKey | Reply::InvalidKey => 401,
             Reply::NotFound => 404,
-            Reply::ReadOnly | Reply::OrgWideRequired => 403,
+            Reply::ReadOnly
+            | Reply::OrgWideRequired
+            | Reply::ServerKeyRequired
+            | Reply::ServerNotVisible
+            | Reply::ServerReadOnly => 403,
             Reply::SenderNotAllowed(_) | Reply::InvalidSender(_) => 422,
             Reply::BadRequest(..) => 400,
             Reply::TooLarge => 413,
@@ -83,8 +95,10 @@ impl Reply {
             Reply::MissingKey => "missing_api_key",
             Reply::InvalidKey => "invalid_api_key",
             Reply::NotFound => "not_found",
-            Reply::ReadOnly => "read_only",
+            Reply::ReadOnly | Reply::ServerReadOnly => "read_only",
             Reply::OrgWideRequired => "org_wide_key_required",
+            Reply::ServerKeyRequired => "server_key_required",
+            Reply::ServerNotVisible => "server_not_visible",
             Reply::SenderNotAllowed(_) => "sender_not_allowed",
             Reply::InvalidSender(_) => "invalid_sender",
             Reply::BadRequest(code, _) => code,
@@ -108,6 +122,11 @@ impl Reply {
             Reply::NotFound => "not found",
             Reply::ReadOnly => "this key has read-only access to this domain",
             Reply::OrgWideRequired => "this endpoint needs an organisation-wide key",
+            Reply::ServerKeyRequired => {
+                "this endpoint needs a key bound to a server (a server token)"
+            }
+            Reply::ServerNotVisible => "this key's server is not available to it",
+            Reply::ServerReadOnly => "this key has read-only access to its server",
             Reply::SenderNotAllowed(m) | Reply::InvalidSender(m) | Reply::BadRequest(_, m) => m,
             Reply::TooLarge => "the request body is too large",
             Reply::BodyTimeout => "the request body did not arrive in time",
@@ -148,9 +167,12 @@ impl Reply {
     /// Postmark's status, `ErrorCode` and message for this reply: 401/10 for
     /// a missing or invalid token, 422/400 for a From the key may not send
     /// as, 422/300 for a missing or unparseable From, 422/402 for invalid
-    /// JSON. Refusals Postmark has no code for keep their status, with
-    /// `ErrorCode` 0 (its clients then type the error by status: 404, 429,
-    /// 503, …).
+    /// JSON, 429/429 for rate limits. A token of the wrong kind (an account
+    /// token on a server endpoint, a server token on an account endpoint) or
+    /// one whose server is gone is a 403 here with `ErrorCode` 10, the code
+    /// Postmark gives such tokens. Refusals Postmark has no code for keep
+    /// their status, with `ErrorCode` 0 (its clients then type the error by
+    /// status: 403, 404, 503, …).
     fn postmark(&self) -> (u16, u32, &str) {
         match self {
             Reply::MissingKey => (
@@ -162,6 +184,24 @@ impl Reply {
             Reply::SenderNotAllowed(m) => (422, 400, m),
             Reply::InvalidSender(m) => (422, 300, m),
             Reply::BadRequest("invalid_json", m) => (422, 402, m),
+            Reply::OrgWideRequired => (
+                403,
+                10,
+                "This endpoint needs an account token (an organisation-wide key).",
+            ),
+            Reply::ServerKeyRequired => (
+                403,
+                10,
+                "This endpoint needs a server token (a key bound to a server).",
+            ),
+            Reply::ServerNotVisible => (
+                403,
+                10,
+                "This server token's server is not available to it.",
+            ),
+            Reply::RateLimited(_) | Reply::TooManyAttempts(_) => {
+                (429, 429, self.message())
+            }
             other => (other.status(), 0, other.message()),
         }
     }
@@ -279,6 +319,19 @@ mod tests {
         assert_eq!(Reply::InvalidKey.status(), 401);
         assert_eq!(Reply::ReadOnly.status(), 403);
         assert_eq!(Reply::OrgWideRequired.status(), 403);
+        assert_eq!(Reply::ServerKeyRequired.status(), 403);
+        assert_eq!(Reply::ServerNotVisible.status(), 403);
+        assert_eq!(Reply::ServerReadOnly.status(), 403);
+        // Each 403 says which rule refused, in JSON.
+        let codes = [
+            Reply::ReadOnly.code(),
+            Reply::OrgWideRequired.code(),
+            Reply::ServerKeyRequired.code(),
+            Reply::ServerNotVisible.code(),
+        ];
+        let distinct: std::collections::BTreeSet<_> = codes.iter().collect();
+        assert_eq!(distinct.len(), codes.len());
+        assert_eq!(Reply::ServerReadOnly.code(), "read_only");
         assert_eq!(Reply::SenderNotAllowed("m".into()).status(), 422);
         assert_eq!(Reply::BadRequest("x", "m".into()).status(), 400);
         assert_eq!(Reply::TooLarge.status(), 413);
@@ -314,6 +367,20 @@ mod tests {
             (400, 0, "m".into())
         );
         assert_eq!(pm(Reply::NotFound), (404, 0, "not found".into()));
+        assert_eq!(pm(Reply::RateLimited(3)).0, 429);
+        assert_eq!(pm(Reply::RateLimited(3)).1, 429);
+        assert_eq!(pm(Reply::TooManyAttempts(3)).1, 429);
+        // Tokens of the wrong kind: Postmark's code 10, our 403.
+        for r in [
+            Reply::OrgWideRequired,
+            Reply::ServerKeyRequired,
+            Reply::ServerNotVisible,
+        ] {
+            assert_eq!(pm(r.clone()).0, 403, "{r:?}");
+            assert_eq!(pm(r.clone()).1, 10, "{r:?}");
+        }
+        assert_eq!(pm(Reply::ReadOnly).1, 0);
+        assert_eq!(pm(Reply::ServerReadOnly).1, 0);
         assert_eq!(pm(Reply::StoreUnavailable).0, 503);
         // One body for every 404, whatever the format.
         assert_eq!(

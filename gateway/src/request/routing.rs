@@ -88,14 +88,14 @@ pub struct Routing {
     pub key_headers: crate::request::keys::KeyHeaders,
 }
 
-/// A route that matched, with the captured `{domain}` segment.
+/// A route that matched, with the captured `{domain}` or `{server}` segment.
 pub struct Matched<'r, 'p> {
     /// Its index in [`Routing::routes`].
     pub index: usize,
     /// The route.
     pub entry: &'r RouteEntry,
-    /// The `{domain}` segment, if the pattern has one.
-    pub domain: Option<&'p str>,
+    /// The `{domain}` or `{server}` segment, if the pattern has one.
+    pub captured: Option<&'p str>,
 }
 
 impl Routing {
@@ -161,10 +161,10 @@ impl Routing {
             if !entry.route.allows_method(method) {
                 return None;
             }
-            entry.route.path.matches(segments).map(|domain| Matched {
+            entry.route.path.matches(segments).map(|captured| Matched {
                 index,
                 entry,
-                domain,
+                captured,
             })
         })
     }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use scopegate_config::{AdminToken, Config, Secrets};
+use scopegate_config::{AdminToken, Config, ResponseFormat, Secrets};
 use scopegate_keystore::{KeyStore, Pepper};
 use serde_json::Value;
 
@@ -156,7 +156,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let dir = temp_dir()?;
     lock(&leftovers).dir = Some(dir.clone());
     let token = format!("demo-{}", &random_hex()[..32]);
-    let (mut gateway, _keystore) = start_gateway(&dir, sending, domains, &token)?;
+    let pepper = random_hex().into_bytes();
+    let upstreams = (sending, domains);
+    let (mut gateway, _keystore) =
+        start_gateway(&dir, upstreams, &token, &pepper, ResponseFormat::Json)?;
     say!(
         "   proxy {}, admin API {}; store {} (temporary)",
         gateway.proxy,
@@ -175,8 +178,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
         refused: 0,
         seen: BTreeMap::new(),
         surprises: Vec::new(),
+        postmark_proxy: None,
     };
     let keys = demo.setup()?;
+    // A second instance on the same store, answering in Postmark's format
+    // (`response_format = "postmark"`), for Postmark's own client libraries.
+    let (mut postmark, _) = start_gateway(
+        &dir,
+        upstreams,
+        &demo.token,
+        &pepper,
+        ResponseFormat::Postmark,
+    )?;
+    demo.postmark_proxy = Some(postmark.proxy);
     demo.scenario(&keys)?;
     demo.summary();
 
@@ -185,6 +199,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     }
     let all_as_expected = demo.surprises.is_empty();
     drop(demo);
+    postmark.shutdown(Stop::Fast)?;
     gateway.shutdown(Stop::Fast)?;
     lock(&leftovers).clean();
     say!("Stopped: gateway, both mock upstreams; temporary store removed.");
@@ -302,14 +317,17 @@ fn start_mock(
     bail!("mock upstream {name} exited before listening (3 attempts)")
 }
 
-/// Starts the gateway in-process and waits until `/healthz` answers.
+/// Starts a gateway in-process on the store in `dir`, answering its own
+/// refusals in `format`, and waits until `/healthz` answers.
 fn start_gateway(
     dir: &Path,
-    sending: SocketAddr,
-    domains: SocketAddr,
+    (sending, domains): (SocketAddr, SocketAddr),
     token: &str,
+    pepper: &[u8],
+    format: ResponseFormat,
 ) -> anyhow::Result<(server::Running, Arc<KeyStore>)> {
     let mut config = Config {
+        response_format: format,
         listen: free_port()?,
         admin_listen: free_port()?,
         store: dir.join("scopegate.db"),
@@ -326,9 +344,8 @@ fn start_gateway(
             .backends = vec![addr.to_string()];
     }
     config.validate()?;
-    let pepper = random_hex().into_bytes();
     let keystore = Arc::new(
-        KeyStore::open_sqlite(&config.store, Pepper::new(&pepper))
+        KeyStore::open_sqlite(&config.store, Pepper::new(pepper))
             .map_err(|e| anyhow!("opening the demo store: {e}"))?,
     );
     let launch = Launch {
@@ -336,7 +353,7 @@ fn start_gateway(
         config_path: None,
         overrides: Default::default(),
         secrets: Secrets {
-            pepper,
+            pepper: pepper.to_vec(),
             admin_tokens: vec![AdminToken {
                 name: "demo".into(),
                 token: token.into(),
@@ -513,6 +530,8 @@ struct Demo {
     seen: BTreeMap<&'static str, usize>,
     /// Answers that were not the expected ones.
     surprises: Vec<String>,
+    /// The second instance, answering in Postmark's format.
+    postmark_proxy: Option<SocketAddr>,
 }
 
 const INDENT: &str = "      ";
@@ -752,7 +771,7 @@ impl Demo {
             )
             .body(email("Dev <dev@staging.example.com>")),
         )?;
-        self.send(
+        let (json_422, _) = self.send(
             req(
                 "dev",
                 dev,
@@ -763,6 +782,7 @@ impl Demo {
             )
             .body(email("ceo@example.com")),
         )?;
+        self.postmark_format(&json_422, dev, &email("ceo@example.com"))?;
         self.send(req(
             "dev(ro)",
             dev_ro,
@@ -872,6 +892,42 @@ impl Demo {
         Ok(())
     }
 
+    /// The same refusal from the instance with `response_format =
+    /// "postmark"`: Postmark's envelope, which its client libraries type.
+    fn postmark_format(
+        &mut self,
+        json: &Resp,
+        key: Option<&str>,
+        body: &Value,
+    ) -> anyhow::Result<()> {
+        let Some(proxy) = self.postmark_proxy else {
+            return Ok(());
+        };
+        let token = [(
+            "X-Postmark-Server-Token",
+            key.unwrap_or_default().to_string(),
+        )];
+        let pm = http(proxy, "POST", "/email", &token, Some(&body.to_string()))?;
+        self.refused += 1;
+        say!(
+            "{INDENT}the body as JSON:     {}",
+            String::from_utf8_lossy(&json.body)
+        );
+        say!(
+            "{INDENT}with response_format = \"postmark\" (a second instance, {proxy}): {} {}",
+            pm.status,
+            String::from_utf8_lossy(&pm.body)
+        );
+        let code = pm.json()["ErrorCode"].as_u64();
+        self.check(pm.status, 422, "the postmark-format send");
+        if code != Some(400) {
+            self.surprises
+                .push(format!("postmark ErrorCode {code:?} instead of 400"));
+        }
+        self.relay(Duration::ZERO)?;
+        Ok(())
+    }
+
     /// Admitted vs seen, and what to try next.
     fn summary(&mut self) {
         // A line that arrives late is still counted (and shown).
@@ -947,6 +1003,9 @@ impl Demo {
             self.admin,
             self.token
         );
+        if let Some(pm) = self.postmark_proxy {
+            say!("   export POSTMARK_PROXY={pm}   # the same keys, answers in Postmark's format");
+        }
         say!(
             "   export OWNER_KEY={}   # owner@acme.test, org-wide",
             k.owner
