@@ -16,15 +16,18 @@ if [ "${1:-}" = test ] && [ -z "${SCOPEGATE_TEST_DATABASE_URL:-}" ] \
   && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   need_apt+=(postgresql)
 fi
-# tests/postmark_clients.rs runs Postmark's official Node.js client (npm).
+# tests/postmark_clients.rs runs Postmark's official Node.js client (npm) and
+# the Python client postmarker (PyPI, into a venv it makes).
 if [ "${1:-}" = test ]; then
   command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
   command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+  command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  echo "run.sh: installing ${need_apt[*]} (needed to build Pingora, and to test against PostgreSQL and Postmark's client)" >&2
+  echo "run.sh: installing ${need_apt[*]} (needed to build Pingora, and to test against PostgreSQL and Postmark's clients)" >&2
   $sudo apt-get install -y "${need_apt[@]}" >/dev/null 2>&1 \
     || { $sudo apt-get update >/dev/null && $sudo apt-get install -y "${need_apt[@]}"; }
 fi

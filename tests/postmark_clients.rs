@@ -1,9 +1,9 @@
-//! Postmark's official Node.js client (`postmark` on npm, installed by this
-//! test from the registry) pointed at a gateway with
-//! `response_format = "postmark"`: every call a key may make succeeds and
-//! reaches the upstream exactly once; every call it may not make is refused
-//! by the gateway, surfaces in the client as the typed error with Postmark's
-//! `ErrorCode`, and never reaches the upstream.
+//! Postmark's official Node.js client (`postmark` on npm) and the Python
+//! client `postmarker` (PyPI), installed by this test from their registries
+//! and pointed at a gateway with `response_format = "postmark"`: every call
+//! a key may make succeeds and reaches the upstream exactly once; every call
+//! it may not make is refused by the gateway, surfaces in the client as the
+//! typed error with Postmark's `ErrorCode`, and never reaches the upstream.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 /// The client this suite is checked against (the current major version).
 const POSTMARK: &str = "postmark@5";
+/// The Python client, by its current major version.
+const POSTMARKER: &str = "postmarker>=1,<2";
 
 /// `node_modules` with `postmark`, installed once per target directory.
 fn postmark_modules() -> PathBuf {
@@ -35,6 +37,64 @@ fn postmark_modules() -> PathBuf {
         );
     }
     modules
+}
+
+/// A virtual environment with `postmarker`, made once per target directory
+/// (`python3 -m venv`; bash run.sh test installs python3-venv); its python.
+fn postmarker_python() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-postmarker");
+    let python = dir.join("bin").join("python");
+    let ready = dir.join("installed");
+    if !ready.exists() {
+        let out = Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&dir)
+            .output()
+            .expect("python3 is installed (bash run.sh test installs python3 and python3-venv)");
+        assert!(
+            out.status.success(),
+            "python3 -m venv: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                POSTMARKER,
+            ])
+            .output()
+            .expect("the venv's python runs");
+        assert!(
+            out.status.success(),
+            "pip install postmarker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&ready, POSTMARKER).unwrap();
+    }
+    python
+}
+
+/// Runs `calls` through `postmarker`; what it reported for each.
+fn run_python(gw: &TestGateway, calls: &[Value]) -> Vec<Value> {
+    let python = postmarker_python();
+    let spec = tempfile::NamedTempFile::new().unwrap();
+    let body = json!({"host": gw.proxy.to_string(), "calls": calls});
+    std::fs::write(spec.path(), body.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/postmarker_calls.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(spec.path())
+        .output()
+        .expect("the venv's python runs");
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON array")
 }
 
 /// Runs `calls` through the client; what it reported for each.
@@ -221,4 +281,192 @@ fn the_official_node_client_gets_through_what_its_key_allows_and_typed_errors_fo
     seen.sort();
     want.sort();
     assert_eq!(seen, want);
+}
+
+/// What a call must do: reach the upstream as `(method, path)` (the query
+/// aside), or fail in the client as `(error type, ErrorCode, status)`.
+type Expect = Result<(&'static str, &'static str), (&'static str, u64, u64)>;
+
+/// Every call did what `cases` says, and exactly the allowed calls reached
+/// the upstreams, once each.
+#[track_caller]
+fn check(gw: &TestGateway, cases: &[(Value, Expect)], results: &[Value]) {
+    assert_eq!(results.len(), cases.len());
+    let mut want = Vec::new();
+    for ((c, expect), got) in cases.iter().zip(results) {
+        match expect {
+            Ok((method, path)) => {
+                assert_eq!(got["ok"], true, "{c} -> {got}");
+                want.push((method.to_string(), path.to_string()));
+            }
+            Err((name, code, status)) => {
+                assert_eq!(got["ok"], false, "{c} -> {got}");
+                assert_eq!(got["error"], *name, "{c} -> {got}");
+                assert_eq!(got["code"], *code, "{c} -> {got}");
+                assert_eq!(got["status"], *status, "{c} -> {got}");
+            }
+        }
+    }
+    let mut seen: Vec<(String, String)> = gw
+        .domains
+        .requests()
+        .into_iter()
+        .chain(gw.sending.requests())
+        .map(|r| {
+            let path = r.target.split('?').next().unwrap_or_default().to_string();
+            (r.method, path)
+        })
+        .collect();
+    seen.sort();
+    want.sort();
+    assert_eq!(seen, want);
+}
+
+fn py(client: &str, token: &str, method: &str, args: Value, kwargs: Value) -> Value {
+    json!({"client": client, "token": token, "method": method, "args": args, "kwargs": kwargs})
+}
+
+#[test]
+fn the_python_client_gets_through_what_its_key_allows_and_client_errors_with_codes_for_the_rest() {
+    let gw = TestGateway::start_with(|c| c.response_format = ResponseFormat::Postmark);
+    let keys = sample::setup(&gw.keystore);
+    let bogus = scopegate_keystore::secret::generate();
+    let none = json!({});
+    let send = |from: &str| json!({"From": from, "To": "someone@recipient.test", "Subject": "hi", "TextBody": "hello"});
+    const E: &str = "ClientError";
+    let cases: Vec<(Value, Expect)> = vec![
+        (
+            py(
+                "account",
+                &keys.owner,
+                "domains.get",
+                json!([101]),
+                none.clone(),
+            ),
+            Ok(("GET", "/domains/101")),
+        ),
+        (
+            py(
+                "account",
+                &keys.owner,
+                "domains.create",
+                json!([]),
+                json!({"Name": "new.example"}),
+            ),
+            Ok(("POST", "/domains")),
+        ),
+        (
+            py(
+                "account",
+                &keys.dev,
+                "domains.verifydkim",
+                json!([102]),
+                none.clone(),
+            ),
+            Ok(("PUT", "/domains/102/verifyDkim")),
+        ),
+        (
+            py(
+                "account",
+                &keys.dev,
+                "senders.create",
+                json!([]),
+                json!({"FromEmail": "dev@staging.example.com", "Name": "Dev"}),
+            ),
+            Ok(("POST", "/senders/")),
+        ),
+        (
+            py(
+                "account",
+                &keys.admin,
+                "senders.get",
+                json!([17]),
+                none.clone(),
+            ),
+            Ok(("GET", "/senders/17")),
+        ),
+        (
+            py(
+                "server",
+                &keys.dev,
+                "emails.send",
+                json!([]),
+                send("Dev <dev@staging.example.com>"),
+            ),
+            Ok(("POST", "/email")),
+        ),
+        // Refused by the gateway: ClientError with Postmark's code.
+        (
+            py("account", &bogus, "domains.get", json!([101]), none.clone()),
+            Err((E, 10, 401)),
+        ),
+        (
+            py(
+                "account",
+                &keys.dev,
+                "domains.get",
+                json!([101]),
+                none.clone(),
+            ),
+            Err((E, 0, 404)),
+        ),
+        (
+            py(
+                "account",
+                &keys.dev,
+                "domains.create",
+                json!([]),
+                json!({"Name": "x.example"}),
+            ),
+            Err((E, 10, 403)),
+        ),
+        (
+            py(
+                "account",
+                &keys.dev_read,
+                "domains.verifydkim",
+                json!([102]),
+                none.clone(),
+            ),
+            Err((E, 0, 403)),
+        ),
+        (
+            py(
+                "account",
+                &keys.dev,
+                "senders.create",
+                json!([]),
+                json!({"FromEmail": "ceo@example.com", "Name": "Not dev"}),
+            ),
+            Err((E, 400, 422)),
+        ),
+        (
+            py(
+                "account",
+                &keys.dev,
+                "senders.get",
+                json!([17]),
+                none.clone(),
+            ),
+            Err((E, 10, 403)),
+        ),
+        (
+            py(
+                "server",
+                &keys.dev,
+                "emails.send",
+                json!([]),
+                send("boss@example.com"),
+            ),
+            Err((E, 400, 422)),
+        ),
+        // An account token on the server API.
+        (
+            py("server", &keys.owner, "server.get", json!([]), none.clone()),
+            Err((E, 10, 403)),
+        ),
+    ];
+    let calls: Vec<Value> = cases.iter().map(|(c, _)| c.clone()).collect();
+    let results = run_python(&gw, &calls);
+    check(&gw, &cases, &results);
 }
