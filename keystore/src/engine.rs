@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::{ArcSwap, Guard};
 
 use crate::model::{
-    canonical_domain, Access, Domain, KeyMeta, KeyRecord, KeyScope, Role, Status, UserRecord,
+    canonical_domain, canonical_server, Access, Domain, KeyMeta, KeyRecord, KeyScope, KeyServer,
+    Role, Server, Status, UserRecord,
 };
 use crate::secret::{self, Hashed, Pepper};
 use crate::snapshot::{
@@ -145,6 +146,11 @@ pub struct NewKey {
     pub rate_limit: Option<crate::RateLimit>,
     /// A narrower scope to try (domain -> level); see [`crate::KeyLifecycle::shadow`].
     pub shadow: Option<BTreeMap<String, Access>>,
+    /// Bind the key to this server of the organisation (a server token);
+    /// its creator must have read_write on it now.
+    pub server: Option<String>,
+    /// The level the key grants on its server; `None` = read_write.
+    pub server_access: Option<Access>,
 }
 
 /// What `PATCH /v1/keys/{id}` changes; a field left `None` stays as it is.
@@ -337,6 +343,19 @@ fn canonical_user_id(user: &str) -> Result<String, Error> {
 
 fn canonical(domain: &str) -> Result<String, Error> {
     canonical_domain(domain).map_err(|e| Error::invalid("invalid_domain", e.to_string()))
+}
+
+/// Canonical server name, or the 422 that says what a name may be.
+fn server_name(name: &str) -> Result<String, Error> {
+    canonical_server(name).ok_or_else(|| {
+        Error::rule(
+            "invalid_server_name",
+            format!(
+                "server name {:?} must be 1-64 characters of letters, digits, '.', '_' or '-'",
+                name.chars().take(100).collect::<String>()
+            ),
+        )
+    })
 }
 
 impl KeyStore {
@@ -675,6 +694,8 @@ impl KeyStore {
     }
 
     /// Creates or updates a user. `value` is true when the user was created.
+    /// A member's server access stays as it is (none for a new user); an
+    /// owner's or admin's is cleared, since they have every server.
     pub fn put_user(
         &self,
         actor: &str,
@@ -682,7 +703,38 @@ impl KeyStore {
         user: &str,
         input: UserInput,
     ) -> Result<Applied<bool>, Error> {
+        self.put_user_with_servers(actor, org, user, input, None)
+    }
+
+    /// [`KeyStore::put_user`], also replacing a member's server access
+    /// (server name -> `read`, Server Viewer, or `read_write`, Server Admin)
+    /// when `servers` is given. Every server must be one of the
+    /// organisation's, and only members take per-server access (422 otherwise).
+    pub fn put_user_with_servers(
+        &self,
+        actor: &str,
+        org: &str,
+        user: &str,
+        input: UserInput,
+        servers: Option<BTreeMap<String, Access>>,
+    ) -> Result<Applied<bool>, Error> {
         let user = canonical_user_id(user)?;
+        let servers = servers
+            .map(|m| {
+                m.iter()
+                    .map(|(s, a)| Ok((server_name(s)?, *a)))
+                    .collect::<Result<BTreeMap<_, _>, Error>>()
+            })
+            .transpose()?;
+        if input.role.is_org_admin() && servers.as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(Error::rule(
+                "servers_for_admin",
+                format!(
+                    "{} users have read_write on every server of the organisation; per-server access applies to members only",
+                    input.role
+                ),
+            ));
+        }
         let mut access = BTreeMap::new();
         for (d, a) in &input.access {
             access.insert(canonical(d)?, *a);
@@ -708,7 +760,20 @@ impl KeyStore {
                         ));
                     }
                 }
+                for s in servers.iter().flat_map(BTreeMap::keys) {
+                    if !org_entry.servers.contains_key(s.as_str()) {
+                        return Err(Error::rule(
+                            "server_not_in_org",
+                            format!("server {s} is not a server of organisation {org}"),
+                        ));
+                    }
+                }
                 let existing = snap.user(org, &user);
+                let servers = match (&servers, input.role.is_org_admin()) {
+                    (_, true) => BTreeMap::new(),
+                    (Some(m), false) => m.clone(),
+                    (None, false) => existing.map(|u| server_map(u)).unwrap_or_default(),
+                };
                 let status = input
                     .status
                     .or(existing.map(|u| u.status))
@@ -725,6 +790,7 @@ impl KeyStore {
                     role: input.role,
                     status,
                     access: access.clone(),
+                    servers,
                     uid: existing.map_or(snap.version + 1, |u| u.uid),
                 };
                 let change = if existing.is_some_and(|u| u.status == Status::Active)
@@ -769,6 +835,7 @@ impl KeyStore {
                     role: u.role,
                     status: Status::Deactivated,
                     access: u.access.iter().map(|(d, a)| (d.to_string(), *a)).collect(),
+                    servers: server_map(u),
                     uid: u.uid,
                 };
                 Ok(Some((
@@ -1152,6 +1219,107 @@ impl KeyStore {
         list.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(list)
     }
+
+    /// The servers of an organisation, sorted by name.
+    pub fn org_servers(&self, org: &str) -> Result<Vec<Server>, Error> {
+        let snap = self.snapshot();
+        let entry = snap.org(org).ok_or_else(|| org_missing(org))?;
+        let mut list: Vec<Server> = entry
+            .servers
+            .iter()
+            .map(|(n, id)| Server {
+                name: n.to_string(),
+                id: *id,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+
+    /// Adds a server to an organisation or changes its numeric id. `value`
+    /// is true when the server was created. The name is lowercased and must
+    /// be 1-64 characters of `[a-z0-9._-]` (422); an id another server of
+    /// the organisation has is a 409. Putting a server as it is changes nothing.
+    pub fn put_server(
+        &self,
+        actor: &str,
+        org: &str,
+        server: &str,
+        id: u64,
+    ) -> Result<Applied<bool>, Error> {
+        let name = server_name(server)?;
+        self.write(
+            actor,
+            |snap, _| {
+                let entry = snap.org(org).ok_or_else(|| org_missing(org))?;
+                let existing = entry.server_id(&name);
+                if existing == Some(id) {
+                    return Ok(None);
+                }
+                if let Some(other) = entry.server_ids.get(&id) {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        "server_id_taken",
+                        format!("server {other} of organisation {org} already has id {id}"),
+                    ));
+                }
+                Ok(Some((
+                    Change::PutServer {
+                        org: org.to_string(),
+                        server: Server {
+                            name: name.clone(),
+                            id,
+                        },
+                    },
+                    existing.is_none(),
+                )))
+            },
+            || false,
+        )
+    }
+
+    /// Removes a server from an organisation. Keys bound to it stay (they
+    /// grant nothing on it from the next request on); `value` is how many
+    /// live keys are bound to it.
+    pub fn delete_server(
+        &self,
+        actor: &str,
+        org: &str,
+        server: &str,
+    ) -> Result<Applied<usize>, Error> {
+        let name = server_name(server)?;
+        self.write(
+            actor,
+            |snap, store| {
+                let entry = snap.org(org).ok_or_else(|| org_missing(org))?;
+                if entry.server_id(&name).is_none() {
+                    return Err(Error::not_found(
+                        "server_not_found",
+                        format!("no server {name:?} in organisation {org:?}"),
+                    ));
+                }
+                let bound = store
+                    .list_keys(org, None)?
+                    .iter()
+                    .filter(|k| k.revoked_at.is_none())
+                    .filter(|k| k.server.as_ref().is_some_and(|s| s.name == name))
+                    .count();
+                Ok(Some((
+                    Change::DeleteServer {
+                        org: org.to_string(),
+                        server: name.clone(),
+                    },
+                    bound,
+                )))
+            },
+            || 0,
+        )
+    }
+}
+
+/// A user entry's server access as a record keeps it.
+fn server_map(u: &UserEntry) -> BTreeMap<String, Access> {
+    u.servers.iter().map(|(s, a)| (s.to_string(), *a)).collect()
 }
 
 /// A user's keys that are not revoked yet.
@@ -1254,6 +1422,7 @@ fn plan_key(
             ));
         }
     }
+    let server = plan_server(org_entry, u, &user, &k)?;
     let access = k.access.unwrap_or(Access::ReadWrite);
     let scope = if k.org_wide {
         if k.domains.is_some() {
@@ -1285,7 +1454,8 @@ fn plan_key(
                     .map(|d| d.to_string())
                     .collect();
                 writable.sort();
-                if writable.is_empty() {
+                // A server token needs no domain: it still has its server.
+                if writable.is_empty() && k.server.is_none() {
                     return Err(Error::rule(
                         "no_writable_domains",
                         format!("{user} has read_write access to no domain, so a key without explicit domains would cover nothing"),
@@ -1360,8 +1530,45 @@ fn plan_key(
             rotated_at: None,
             replaced_by: None,
         },
+        server,
     };
     Ok((record, secret))
+}
+
+/// A new key's server binding: a server of the organisation on which its
+/// creator has read_write now, at the level asked for (read_write by default).
+fn plan_server(
+    org: &OrgEntry,
+    creator: &UserEntry,
+    user: &str,
+    k: &NewKey,
+) -> Result<Option<KeyServer>, Error> {
+    let Some(given) = &k.server else {
+        if k.server_access.is_some() {
+            return Err(Error::rule(
+                "server_access_without_server",
+                "server_access applies to a server-bound key; name the server too",
+            ));
+        }
+        return Ok(None);
+    };
+    let name = server_name(given)?;
+    if org.server_id(&name).is_none() {
+        return Err(Error::rule(
+            "server_not_in_org",
+            format!("server {name} is not a server of organisation {}", org.name),
+        ));
+    }
+    if creator.server_level(&name) != Some(Access::ReadWrite) {
+        return Err(Error::rule(
+            "server_not_writable",
+            format!("{user} does not have read_write access to server {name}; keys can only be bound to servers their creator can write"),
+        ));
+    }
+    Ok(Some(KeyServer {
+        name,
+        access: k.server_access.unwrap_or(Access::ReadWrite),
+    }))
 }
 
 /// A rate limit must let something through.
@@ -1439,6 +1646,20 @@ fn load_in_read(
             .push(Some(Arc::new(org_entry(uid, &id, &domains, intern))));
         org_ids.push((intern.get(&id), slot));
     }
+    let mut servers: hashbrown::HashMap<String, Vec<Server>> = hashbrown::HashMap::new();
+    for (org, s) in store.load_servers()? {
+        servers.entry(org).or_default().push(s);
+    }
+    for (org, list) in servers {
+        let Some(&(_, slot)) = org_ids.iter().find(|(id, _)| **id == *org) else {
+            continue;
+        };
+        if let Some(Some(entry)) = snap.orgs.get(slot) {
+            let mut entry = (**entry).clone();
+            entry.set_servers(&list, intern);
+            snap.orgs.set(slot, Some(Arc::new(entry)));
+        }
+    }
     for (org, limit) in store.org_rate_limits()? {
         let Some(&(_, slot)) = org_ids.iter().find(|(id, _)| **id == *org) else {
             continue;
@@ -1508,9 +1729,11 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
         Change::PutOrg { org, uid, domains } => {
             let mut entry = org_entry(*uid, org, domains, intern);
             let slot = snap.org_ids.get(org.as_str()).copied();
-            entry.rate_limit = slot
-                .and_then(|s| snap.orgs.get(s)?.as_ref())
-                .and_then(|o| o.rate_limit);
+            if let Some(old) = slot.and_then(|s| snap.orgs.get(s)?.as_ref()) {
+                entry.rate_limit = old.rate_limit;
+                entry.servers = old.servers.clone();
+                entry.server_ids = old.server_ids.clone();
+            }
             let entry = Arc::new(entry);
             match slot {
                 Some(slot) => snap.orgs.set(slot, Some(entry)),
@@ -1572,28 +1795,38 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
         } => {
             if let Some(e) = snap.keys.get(key) {
                 let e = e.clone();
-                let rotated = snap
-                    .sides
-                    .get(&e.id)
-                    .and_then(|s| s.policy.as_ref())
-                    .is_some_and(|p| p.rotated);
+                let old = snap.sides.get(&e.id).and_then(|s| s.policy.as_ref());
+                let rotated = old.is_some_and(|p| p.rotated);
+                let server = old.and_then(|p| p.server.clone());
                 let lifecycle = crate::KeyLifecycle {
                     rate_limit: *rate_limit,
                     shadow: shadow.clone(),
                     rotated_at: rotated.then_some(0),
                     replaced_by: None,
                 };
-                set_policy(snap, e.id, crate::snapshot::policy(&lifecycle, &e, intern));
+                let policy = crate::snapshot::policy(&lifecycle, server, &e, intern);
+                set_policy(snap, e.id, policy);
             }
         }
         Change::SetOrgRateLimit { org, rate_limit } => {
-            if let Some(slot) = snap.org_ids.get(org.as_str()).copied() {
-                if let Some(Some(o)) = snap.orgs.get(slot) {
-                    let mut o = (**o).clone();
-                    o.rate_limit = *rate_limit;
-                    snap.orgs.set(slot, Some(Arc::new(o)));
-                }
-            }
+            change_org(snap, org, |o| o.rate_limit = *rate_limit);
+        }
+        Change::PutServer { org, server } => {
+            change_org(snap, org, |o| o.put_server(server, intern));
+        }
+        Change::DeleteServer { org, server } => {
+            change_org(snap, org, |o| o.remove_server(server));
+        }
+    }
+}
+
+/// Replaces an organisation's entry in a snapshot copy with a changed copy.
+fn change_org(snap: &mut Snapshot, org: &str, f: impl FnOnce(&mut OrgEntry)) {
+    if let Some(slot) = snap.org_ids.get(org).copied() {
+        if let Some(Some(o)) = snap.orgs.get(slot) {
+            let mut o = (**o).clone();
+            f(&mut o);
+            snap.orgs.set(slot, Some(Arc::new(o)));
         }
     }
 }
@@ -1627,9 +1860,13 @@ fn side(k: &KeyRecord, e: &KeyEntry, prev: Option<&Snapshot>, intern: &mut Inter
                 ..UsageCell::default()
             })
         });
+    let server = k
+        .server
+        .as_ref()
+        .map(|s| crate::snapshot::binding(s, intern));
     KeySide {
         usage,
-        policy: crate::snapshot::policy(&k.lifecycle, e, intern),
+        policy: crate::snapshot::policy(&k.lifecycle, server, e, intern),
     }
 }
 

@@ -5,8 +5,8 @@
 //! while platform teams revoke keys and change access underneath it.
 //!
 //! # Layout
-//! - [`model`]: organisations, users, roles, access levels, key records, and
-//!   the canonical form of domain names.
+//! - [`model`]: organisations, their domains and servers, users, roles,
+//!   access levels, key records, and the canonical form of domain and server names.
 //! - [`secret`]: the issued key format (prefix, randomness, checksum), the
 //!   keyed BLAKE3 digest and the keyed SipHash locator — a key is stored only
 //!   as these two keyed hashes.
@@ -50,13 +50,14 @@ pub use engine::{
 };
 pub use follow::{FollowEvent, Follower};
 pub use model::{
-    canonical_domain, canonical_domain_cow, Access, Domain, KeyLifecycle, KeyMeta, KeyRecord,
-    KeyScope, RateLimit, Role, Status, Usage, UserRecord,
+    canonical_domain, canonical_domain_cow, canonical_server, Access, Domain, KeyLifecycle,
+    KeyMeta, KeyRecord, KeyScope, KeyServer, RateLimit, Role, Server, Status, Usage, UserRecord,
 };
 pub use secret::{Digest, Hashed, Locator, Pepper};
 pub use shardmap::ShardMap;
 pub use snapshot::{
-    DomainRef, KeyDomains, KeySide, Policy, Principal, Refusal, Snapshot, Target, UsageCell,
+    DomainRef, KeyDomains, KeySide, Policy, Principal, Refusal, ServerBinding, Snapshot, Target,
+    UsageCell,
 };
 pub use sqlite::SqliteStore;
 pub use store::{Audit, Change, LogEntry, Store, StoreError, UsageDelta, Watcher};

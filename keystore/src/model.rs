@@ -143,6 +143,39 @@ pub struct Domain {
     pub id: Option<u64>,
 }
 
+/// A server of an organisation (Postmark's unit of sending: its own
+/// messages, templates, webhooks and tokens): a name and the platform's
+/// numeric id, unique within the organisation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    /// Canonical name (see [`canonical_server`]).
+    pub name: String,
+    /// The platform's numeric id, so `/servers/12345` can address it.
+    pub id: u64,
+}
+
+/// What a server-bound key (a server token) grants on its server, before
+/// its creator's current level caps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyServer {
+    /// The server's canonical name.
+    pub name: String,
+    /// The level the key grants on it.
+    pub access: Access,
+}
+
+/// Canonical form of a server name: lowercased, then 1-64 characters of
+/// `[a-z0-9._-]`. `None` for anything else.
+pub fn canonical_server(input: &str) -> Option<String> {
+    let name = input.to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    ok.then_some(name)
+}
+
 /// A user as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
@@ -156,6 +189,10 @@ pub struct UserRecord {
     pub status: Status,
     /// Per-domain access; only meaningful for members.
     pub access: BTreeMap<String, Access>,
+    /// Per-server access (`read`: Server Viewer, `read_write`: Server
+    /// Admin); only meaningful for members, empty by default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub servers: BTreeMap<String, Access>,
     /// Unique per incarnation of the user (the version that created it): a
     /// user deleted and created again gets a new uid, and keys belong to a uid,
     /// so old keys never come back.
@@ -203,6 +240,9 @@ pub struct KeyRecord {
     /// to it (absent in log entries and rows written before it existed).
     #[serde(default)]
     pub lifecycle: KeyLifecycle,
+    /// The server the key is bound to (a server token), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<KeyServer>,
 }
 
 /// A token bucket's settings: `per_second` tokens added each second, at
@@ -290,6 +330,12 @@ pub struct KeyMeta {
     pub org_wide: bool,
     /// Declared per-domain scope (empty for org-wide keys).
     pub domains: BTreeMap<String, Access>,
+    /// The server the key is bound to (a server token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The level the key grants on its server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_access: Option<Access>,
     /// Human label.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -356,6 +402,8 @@ impl KeyRecord {
             user: self.user.clone(),
             org_wide,
             domains,
+            server: self.server.as_ref().map(|s| s.name.clone()),
+            server_access: self.server.as_ref().map(|s| s.access),
             name: self.name.clone(),
             created_at: crate::time::rfc3339(self.created_at),
             expires_at: self.expires_at.map(crate::time::rfc3339),
@@ -481,6 +529,21 @@ mod tests {
             &format!("{}com", "a.".repeat(130)),
         ] {
             assert!(canonical_domain(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn canonical_server_forms() {
+        assert_eq!(
+            canonical_server("Prod-EU.1_a").as_deref(),
+            Some("prod-eu.1_a")
+        );
+        assert_eq!(
+            canonical_server(&"a".repeat(64)).as_deref(),
+            Some(&*"a".repeat(64))
+        );
+        for bad in ["", "a b", "a/b", "ä", "a%20", &"a".repeat(65), "a\n"] {
+            assert_eq!(canonical_server(bad), None, "{bad:?}");
         }
     }
 

@@ -32,7 +32,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Row};
 
 use crate::model::{
-    Access, Domain, KeyRecord, KeyScope, RateLimit, Role, Status, Usage, UserRecord,
+    Access, Domain, KeyRecord, KeyScope, RateLimit, Role, Server, Status, Usage, UserRecord,
 };
 use crate::store::{Audit, Change, LogEntry, Store, StoreError, UsageDelta, Watcher};
 use crate::{Digest, Locator};
@@ -127,9 +127,23 @@ const MIGRATIONS: &[&str] = &[
          requests bigint NOT NULL,
          grace_uses bigint NOT NULL);
      CREATE INDEX key_usage_by_org ON key_usage (org);",
+    // 3: servers (as SQLite's migration 5): an organisation's servers,
+    // members' per-server access (JSON, NULL for none) and a key's server
+    // binding (NULL: not bound).
+    "CREATE TABLE servers (
+         org text NOT NULL REFERENCES orgs(id),
+         name text NOT NULL,
+         numeric_id bigint NOT NULL,
+         PRIMARY KEY (org, name));
+     CREATE UNIQUE INDEX servers_by_id ON servers (org, numeric_id);
+     ALTER TABLE users ADD COLUMN servers text;
+     ALTER TABLE keys ADD COLUMN server text;
+     ALTER TABLE keys ADD COLUMN server_access text;",
 ];
 
-const KEY_COLUMNS: &str = "id, digest, org, \"user\", user_uid, org_wide, domains, expires_at, name, created_at, revoked_at, locator, lifecycle";
+const KEY_COLUMNS: &str = "id, digest, org, \"user\", user_uid, org_wide, domains, expires_at, name, created_at, revoked_at, locator, lifecycle, server, server_access";
+
+const USER_COLUMNS: &str = "org, id, role, status, access, uid, servers";
 
 /// Whether an error means the connection (or the server) is gone, rather
 /// than that the database refused a statement.
@@ -532,6 +546,19 @@ impl PostgresStore {
                     ],
                 )?;
             }
+            Change::PutServer { org, server } => {
+                c.execute(
+                    "INSERT INTO servers (org, name, numeric_id) VALUES ($1, $2, $3)
+                     ON CONFLICT (org, name) DO UPDATE SET numeric_id = $3",
+                    &[org, &server.name, &(server.id as i64)],
+                )?;
+            }
+            Change::DeleteServer { org, server } => {
+                c.execute(
+                    "DELETE FROM servers WHERE org = $1 AND name = $2",
+                    &[org, server],
+                )?;
+            }
         }
         let v = version as i64;
         c.execute(
@@ -666,6 +693,8 @@ fn key_from_row(row: &Row) -> Result<Result<KeyRecord, StoreError>, postgres::Er
     let created_at: i64 = row.try_get(9)?;
     let revoked_at: Option<i64> = row.try_get(10)?;
     let lifecycle: Option<String> = row.try_get(12)?;
+    let server: Option<String> = row.try_get(13)?;
+    let server_access: Option<String> = row.try_get(14)?;
     Ok((|| {
         let digest = Digest(
             digest
@@ -691,6 +720,7 @@ fn key_from_row(row: &Row) -> Result<Result<KeyRecord, StoreError>, postgres::Er
             revoked_at,
             lifecycle: crate::model::parse_lifecycle(lifecycle.as_deref())
                 .map_err(StoreError::Incompatible)?,
+            server: crate::sqlite::parse_binding(server, server_access.as_deref())?,
         })
     })())
 }
@@ -702,6 +732,7 @@ fn user_from_row(row: &Row) -> Result<Result<UserRecord, StoreError>, postgres::
     let status: String = row.try_get(3)?;
     let access: String = row.try_get(4)?;
     let uid: i64 = row.try_get(5)?;
+    let servers: Option<String> = row.try_get(6)?;
     Ok((|| {
         Ok(UserRecord {
             org,
@@ -709,6 +740,9 @@ fn user_from_row(row: &Row) -> Result<Result<UserRecord, StoreError>, postgres::
             role: parse::<Role>(&role)?,
             status: parse::<Status>(&status)?,
             access: parse_access(&access)?,
+            servers: servers
+                .as_deref()
+                .map_or(Ok(BTreeMap::new()), parse_access)?,
             uid: uid as u64,
         })
     })())
@@ -733,8 +767,10 @@ fn collect<T>(
 
 fn put_user(c: &mut Client, u: &UserRecord) -> Result<(), postgres::Error> {
     c.execute(
-        "INSERT INTO users (org, id, role, status, access, uid) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (org, id) DO UPDATE SET role = $3, status = $4, access = $5, uid = $6",
+        "INSERT INTO users (org, id, role, status, access, uid, servers)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (org, id) DO UPDATE SET role = $3, status = $4, access = $5, uid = $6,
+             servers = $7",
         &[
             &u.org,
             &u.id,
@@ -742,6 +778,7 @@ fn put_user(c: &mut Client, u: &UserRecord) -> Result<(), postgres::Error> {
             &u.status.as_str(),
             &access_json(&u.access),
             &(u.uid as i64),
+            &crate::sqlite::servers_json(&u.servers),
         ],
     )?;
     Ok(())
@@ -779,6 +816,8 @@ fn insert_keys(c: &mut Client, keys: &[KeyRecord]) -> Result<(), postgres::Error
     let mut revoked_at = Vec::with_capacity(keys.len());
     let mut locator = Vec::with_capacity(keys.len());
     let mut lifecycle = Vec::with_capacity(keys.len());
+    let mut server = Vec::with_capacity(keys.len());
+    let mut server_access = Vec::with_capacity(keys.len());
     for k in keys {
         let (wide, d) = match &k.scope {
             KeyScope::OrgWide => (true, "{}".to_string()),
@@ -797,13 +836,15 @@ fn insert_keys(c: &mut Client, keys: &[KeyRecord]) -> Result<(), postgres::Error
         revoked_at.push(k.revoked_at);
         locator.push(k.locator.0 as i64);
         lifecycle.push(crate::model::lifecycle_json(&k.lifecycle));
+        server.push(k.server.as_ref().map(|s| s.name.as_str()));
+        server_access.push(k.server.as_ref().map(|s| s.access.as_str()));
     }
     c.execute(
         &format!(
             "INSERT INTO keys ({KEY_COLUMNS})
              SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bigint[],
                  $6::boolean[], $7::text[], $8::bigint[], $9::text[], $10::bigint[], $11::bigint[],
-                 $12::bigint[], $13::text[])"
+                 $12::bigint[], $13::text[], $14::text[], $15::text[])"
         ),
         &[
             &id,
@@ -819,6 +860,8 @@ fn insert_keys(c: &mut Client, keys: &[KeyRecord]) -> Result<(), postgres::Error
             &revoked_at,
             &locator,
             &lifecycle,
+            &server,
+            &server_access,
         ],
     )?;
     Ok(())
@@ -1006,10 +1049,34 @@ impl Store for PostgresStore {
         Ok(out.into_iter().map(|(id, (uid, d))| (id, uid, d)).collect())
     }
 
+    fn load_servers(&mut self) -> Result<Vec<(String, Server)>, StoreError> {
+        let rows = self.run(|c| {
+            c.query(
+                "SELECT org, name, numeric_id FROM servers ORDER BY org, name",
+                &[],
+            )
+        })?;
+        let e = |e: postgres::Error| StoreError::Database(describe(&e));
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let org: String = r.try_get(0).map_err(e)?;
+            let name: String = r.try_get(1).map_err(e)?;
+            let id: i64 = r.try_get(2).map_err(e)?;
+            out.push((
+                org,
+                Server {
+                    name,
+                    id: id as u64,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
     fn load_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         self.run(|c| {
             collect(
-                c.query("SELECT org, id, role, status, access, uid FROM users", &[]),
+                c.query(&format!("SELECT {USER_COLUMNS} FROM users"), &[]),
                 user_from_row,
             )
         })?
@@ -1139,7 +1206,7 @@ impl Store for PostgresStore {
         self.run(|c| {
             collect(
                 c.query(
-                    "SELECT org, id, role, status, access, uid FROM users WHERE org = $1 ORDER BY id",
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE org = $1 ORDER BY id"),
                     &[&org],
                 ),
                 user_from_row,

@@ -35,6 +35,10 @@ pub struct OrgEntry {
     members: Box<[usize]>,
     /// The rate limit of the organisation's keys that have none of their own.
     pub rate_limit: Option<RateLimit>,
+    /// Servers: canonical name (interned) -> numeric id.
+    pub servers: HashMap<Arc<str>, u64>,
+    /// Numeric id -> server name, for `/servers/12345`.
+    pub server_ids: HashMap<u64, Arc<str>>,
 }
 
 impl OrgEntry {
@@ -70,6 +74,37 @@ impl OrgEntry {
     /// Where an interned name sits among the members, as a [`Hint`].
     fn position(&self, name: &Arc<str>) -> u8 {
         hint_of(self.index_of(name))
+    }
+
+    /// The numeric id of a server of this organisation, by name.
+    #[inline]
+    pub fn server_id(&self, name: &str) -> Option<u64> {
+        self.servers.get(name).copied()
+    }
+
+    /// Replaces the server list (the domains, ids and rate limit stay).
+    pub(crate) fn set_servers(&mut self, servers: &[crate::Server], intern: &mut Interner) {
+        self.servers.clear();
+        self.server_ids.clear();
+        for s in servers {
+            self.put_server(s, intern);
+        }
+    }
+
+    /// Adds a server or changes its id.
+    pub(crate) fn put_server(&mut self, s: &crate::Server, intern: &mut Interner) {
+        let name = intern.get(&s.name);
+        if let Some(old) = self.servers.insert(Arc::clone(&name), s.id) {
+            self.server_ids.remove(&old);
+        }
+        self.server_ids.insert(s.id, name);
+    }
+
+    /// Removes a server.
+    pub(crate) fn remove_server(&mut self, name: &str) {
+        if let Some(id) = self.servers.remove(name) {
+            self.server_ids.remove(&id);
+        }
     }
 }
 
@@ -169,6 +204,9 @@ pub struct UserEntry {
     /// (a binary search without data-dependent branches, instead of a scan
     /// whose exit the CPU mispredicts on every other key).
     access_ids: Box<[(usize, Access)]>,
+    /// Member access to servers, now, sorted by name (ignored for owners
+    /// and admins, who have every server).
+    pub servers: Box<[(Arc<str>, Access)]>,
 }
 
 impl UserEntry {
@@ -204,6 +242,21 @@ impl UserEntry {
     /// Where an interned name sits in the access, as a [`Hint`].
     fn position(&self, domain: &Arc<str>) -> u8 {
         hint_of(self.index_of(domain))
+    }
+
+    /// The user's own level on a server named `server`, assuming it is a
+    /// server of their organisation (the caller checks that): read_write
+    /// for owners and admins, the assigned level for members.
+    #[inline]
+    pub fn server_level(&self, server: &str) -> Option<Access> {
+        if self.role.is_org_admin() {
+            return Some(Access::ReadWrite);
+        }
+        let i = self
+            .servers
+            .binary_search_by(|(s, _)| (**s).cmp(server))
+            .ok()?;
+        Some(self.servers[i].1)
     }
 }
 
@@ -298,6 +351,17 @@ pub struct Policy {
     pub shadow: Option<KeyEntry>,
     /// The key was rotated: its uses are grace uses.
     pub rotated: bool,
+    /// The server the key is bound to (see [`KeyEntry::server_bound`]).
+    pub server: Option<ServerBinding>,
+}
+
+/// A key's server binding as enforcement sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerBinding {
+    /// The server's canonical name (interned).
+    pub name: Arc<str>,
+    /// The level the key grants on it (its creator's current level caps it).
+    pub access: Access,
 }
 
 /// A key's declared domains. Most keys name one domain: that case is held
@@ -347,6 +411,11 @@ pub struct KeyEntry {
     pub revoked: bool,
     /// For a one-domain key: where to look first (fits in the padding).
     hint: Hint,
+    /// The key is bound to a server (a server token); the binding itself
+    /// is in the key's [`Policy`], which [`Snapshot::authenticate`] fetches
+    /// only for such keys. In the padding, so the entry does not grow; a
+    /// bound key whose policy is missing is never org-wide and sees no server.
+    pub server_bound: bool,
 }
 
 /// What an empty table slot holds: a revoked, expired key with no domains,
@@ -361,6 +430,7 @@ impl Default for KeyEntry {
             expires_at: 0,
             revoked: true,
             hint: Hint::NONE,
+            server_bound: false,
         }
     }
 }
@@ -404,6 +474,13 @@ pub enum Target<'a> {
     Organisation,
     /// One domain at the given level.
     Domain(DomainRef<'a>, Access),
+    /// The key's bound server, at this level (server-level routes:
+    /// `/server`, `/messages`, ...).
+    Server(Access),
+    /// `/servers/{id}`: an org-wide account key passes (as
+    /// [`Target::Organisation`]); otherwise only a key bound to the server
+    /// with this id, at this level.
+    ServerById(u64, Access),
 }
 
 /// Why a request is refused. The gateway turns these into responses; the
@@ -428,14 +505,19 @@ pub enum Refusal {
     /// The key sees the domain but may only read it.
     ReadOnly,
     /// The endpoint is organisation-level and the key is not org-wide (or its
-    /// creator is no longer an owner or admin).
+    /// creator is no longer an owner or admin, or the key is bound to a server).
     OrgWideRequired,
+    /// A server-level route with a key bound to no server.
+    ServerKeyRequired,
+    /// The key is bound to a server, but it or its creator has no level on
+    /// it now (the server was deleted, the creator unassigned from it).
+    ServerNotVisible,
 }
 
 impl Refusal {
     /// Every refusal, in declaration order (so `r as usize` indexes it), for
     /// pre-registering metric label values.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::MissingKey,
         Refusal::MalformedKey,
         Refusal::UnknownKey,
@@ -445,6 +527,8 @@ impl Refusal {
         Refusal::NotVisible,
         Refusal::ReadOnly,
         Refusal::OrgWideRequired,
+        Refusal::ServerKeyRequired,
+        Refusal::ServerNotVisible,
     ];
 
     /// Stable snake_case name for metrics labels and logs.
@@ -459,6 +543,8 @@ impl Refusal {
             Refusal::NotVisible => "not_visible",
             Refusal::ReadOnly => "read_only",
             Refusal::OrgWideRequired => "org_wide_required",
+            Refusal::ServerKeyRequired => "server_key_required",
+            Refusal::ServerNotVisible => "server_not_visible",
         }
     }
 
@@ -523,6 +609,9 @@ pub struct Principal<'s> {
     pub user: &'s UserEntry,
     /// Its organisation, now.
     pub org: &'s OrgEntry,
+    /// The key's server binding (`None`: not bound, or, for a key marked
+    /// bound, a binding that could not be found: it then sees no server).
+    pub server: Option<&'s ServerBinding>,
 }
 
 impl Snapshot {
@@ -560,7 +649,20 @@ impl Snapshot {
             .filter(|u| u.status == Status::Active && u.org_slot == key.org_slot)
             .ok_or(Refusal::CreatorInactive)?;
         let org = org.ok_or(Refusal::CreatorInactive)?;
-        Ok(Principal { key, user, org })
+        let server = if key.server_bound {
+            self.sides
+                .get(&key.id)
+                .and_then(|s| s.policy.as_deref())
+                .and_then(|p| p.server.as_ref())
+        } else {
+            None
+        };
+        Ok(Principal {
+            key,
+            user,
+            org,
+            server,
+        })
     }
 
     /// The usage cell and policy of a key, by public id.
@@ -596,6 +698,7 @@ impl<'s> Principal<'s> {
             key: shadow,
             user: self.user,
             org: self.org,
+            server: self.server,
         }
     }
 
@@ -607,10 +710,46 @@ impl<'s> Principal<'s> {
     }
 
     /// Organisation-level endpoints need an org-wide key whose creator is
-    /// still an owner or admin.
+    /// still an owner or admin, and that is an account key: a server-bound
+    /// key never is, whatever its domain scope.
     #[inline]
     pub fn is_org_wide(&self) -> bool {
+        self.all_domains() && !self.key.server_bound
+    }
+
+    /// Whether the key's domain scope is every domain of the organisation
+    /// (an org-wide key whose creator is still an owner or admin).
+    #[inline]
+    fn all_domains(&self) -> bool {
         matches!(self.key.domains, KeyDomains::All) && self.user.role.is_org_admin()
+    }
+
+    /// The bound server's name (`None`: not bound), for `X-Scopegate-Server`.
+    #[inline]
+    pub fn server(&self) -> Option<&'s str> {
+        self.server.map(|b| &*b.name)
+    }
+
+    /// The key's effective level on its bound server: min(the key's
+    /// `server_access`, its creator's level on the server now). `None` when
+    /// not bound, or when the server is gone or the creator has no level on it.
+    #[inline]
+    pub fn server_level(&self) -> Option<Access> {
+        let b = self.server?;
+        self.org.servers.get(&*b.name)?;
+        Some(b.access.min(self.user.server_level(&b.name)?))
+    }
+
+    /// [`Target::Server`]: the bound server at `need`.
+    fn authorize_server(&self, need: Access) -> Result<(), Refusal> {
+        if self.server.is_none() && !self.key.server_bound {
+            return Err(Refusal::ServerKeyRequired);
+        }
+        match self.server_level() {
+            None => Err(Refusal::ServerNotVisible),
+            Some(have) if have >= need => Ok(()),
+            Some(_) => Err(Refusal::ReadOnly),
+        }
     }
 
     /// Effective level on an (interned) canonical domain of the organisation:
@@ -633,6 +772,18 @@ impl<'s> Principal<'s> {
                     Ok(())
                 } else {
                     Err(Refusal::OrgWideRequired)
+                }
+            }
+            Target::Server(need) => self.authorize_server(need),
+            Target::ServerById(id, need) => {
+                if self.is_org_wide() {
+                    return Ok(());
+                }
+                match self.server {
+                    Some(b) if self.org.server_id(&b.name) == Some(id) => {
+                        self.authorize_server(need)
+                    }
+                    _ => Err(Refusal::OrgWideRequired),
                 }
             }
             Target::Domain(d, need) => {
@@ -684,7 +835,8 @@ impl<'s> Principal<'s> {
     }
 
     /// Effective scope for the `X-Scopegate-Scope` header: `*` for an org-wide
-    /// key of an owner or admin, else `domain=level` pairs, sorted, comma-separated.
+    /// key of an owner or admin (server-bound or not: the header is about
+    /// domains), else `domain=level` pairs, sorted, comma-separated.
     pub fn scope_header(&self) -> String {
         let mut out = String::new();
         self.write_scope_header(&mut out)
@@ -695,7 +847,7 @@ impl<'s> Principal<'s> {
     /// [`Self::scope_header`], written into `out` (the gateway writes it
     /// straight into the buffer its header values share).
     pub fn write_scope_header(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        if self.is_org_wide() {
+        if self.all_domains() {
             return out.write_char('*');
         }
         let mut first = true;
@@ -749,6 +901,9 @@ pub(crate) fn user_entry(u: &UserRecord, org_slot: u32, intern: &mut Interner) -
     let mut access_ids: Vec<(usize, Access)> =
         access.iter().map(|(d, a)| (identity(d), *a)).collect();
     access_ids.sort_unstable_by_key(|(d, _)| *d);
+    // BTreeMap iteration is sorted, which `server_level` relies on.
+    let servers: Vec<(Arc<str>, Access)> =
+        u.servers.iter().map(|(s, a)| (intern.get(s), *a)).collect();
     UserEntry {
         uid: u.uid,
         org_slot,
@@ -758,6 +913,7 @@ pub(crate) fn user_entry(u: &UserRecord, org_slot: u32, intern: &mut Interner) -
         status: u.status,
         access: access.into_boxed_slice(),
         access_ids: access_ids.into_boxed_slice(),
+        servers: servers.into_boxed_slice(),
     }
 }
 
@@ -784,6 +940,7 @@ pub(crate) fn key_entry(
             .map_or(u32::MAX, |e| e.clamp(0, i64::from(u32::MAX) - 1) as u32),
         revoked: k.revoked_at.is_some(),
         hint: Hint::NONE,
+        server_bound: k.server.is_some(),
     };
     if let (KeyDomains::One(d, _), Some(user), Some(org)) = (&e.domains, creator, org) {
         e.hint = Hint {
@@ -807,14 +964,23 @@ fn key_domains(
     KeyDomains::Many(d.iter().map(|(n, a)| (intern.get(n), *a)).collect())
 }
 
-/// Builds the policy of a key with a lifecycle (`None` when it has nothing
-/// enforcement needs).
+/// A key's server binding, interned.
+pub(crate) fn binding(s: &crate::KeyServer, intern: &mut Interner) -> ServerBinding {
+    ServerBinding {
+        name: intern.get(&s.name),
+        access: s.access,
+    }
+}
+
+/// Builds the policy of a key with a lifecycle or a server binding (`None`
+/// when it has nothing enforcement needs).
 pub(crate) fn policy(
     l: &KeyLifecycle,
+    server: Option<ServerBinding>,
     entry: &KeyEntry,
     intern: &mut Interner,
 ) -> Option<Arc<Policy>> {
-    if l.rate_limit.is_none() && l.shadow.is_none() && l.rotated_at.is_none() {
+    if l.rate_limit.is_none() && l.shadow.is_none() && l.rotated_at.is_none() && server.is_none() {
         return None;
     }
     let shadow = l.shadow.as_ref().map(|d| KeyEntry {
@@ -826,6 +992,7 @@ pub(crate) fn policy(
         rate_limit: l.rate_limit,
         shadow,
         rotated: l.rotated_at.is_some(),
+        server,
     }))
 }
 
@@ -904,6 +1071,7 @@ mod tests {
                 role: Role::Member,
                 status: Status::Active,
                 access: access.iter().map(|(d, a)| (d.to_string(), *a)).collect(),
+                servers: Default::default(),
                 uid: 7,
             };
             user_entry(&u, 0, intern)
@@ -928,6 +1096,7 @@ mod tests {
             created_at: 0,
             revoked_at: None,
             lifecycle: Default::default(),
+            server: None,
         };
         let key = key_entry(&record, 0, (Some(&then), Some(&org)), &mut intern).unwrap();
         assert_ne!(key.hint.user, u8::MAX);
@@ -937,6 +1106,7 @@ mod tests {
                 key: &key,
                 user,
                 org,
+                server: None,
             };
             p.authorize(Target::Domain(DomainRef::Name("c.example"), need))
         };
@@ -996,11 +1166,17 @@ mod tests {
                     (&then, &smaller),
                 ] {
                     for need in [Access::Read, Access::ReadWrite] {
-                        let hinted = Principal { key: &k, user, org };
+                        let hinted = Principal {
+                            key: &k,
+                            user,
+                            org,
+                            server: None,
+                        };
                         let unhinted = Principal {
                             key: &key,
                             user,
                             org,
+                            server: None,
                         };
                         let mut plain = key.clone();
                         plain.hint = Hint::NONE;
@@ -1008,6 +1184,7 @@ mod tests {
                             key: &plain,
                             user,
                             org,
+                            server: None,
                         };
                         let t = Target::Domain(DomainRef::Name("c.example"), need);
                         assert_eq!(hinted.authorize(t), plain.authorize(t));
@@ -1052,6 +1229,7 @@ mod tests {
             role: Role::Member,
             status: Status::Active,
             access: access.clone(),
+            servers: Default::default(),
         };
         let user = user_entry(&record, 0, &mut intern);
         for (name, level) in &access {
@@ -1059,6 +1237,76 @@ mod tests {
             assert_eq!(user.level_on(&Arc::from(name.as_str())), None, "{name}");
         }
         assert_eq!(user.level_on(&intern.get("other.example")), None);
+    }
+
+    #[test]
+    fn a_bound_key_without_its_binding_fails_closed() {
+        let mut intern = Interner::default();
+        let (mut org, _) = acme(&mut intern);
+        org.put_server(
+            &crate::Server {
+                name: "prod".into(),
+                id: 11,
+            },
+            &mut intern,
+        );
+        let owner = UserRecord {
+            org: "acme".into(),
+            id: "o@acme".into(),
+            role: Role::Owner,
+            status: Status::Active,
+            access: Default::default(),
+            servers: Default::default(),
+            uid: 1,
+        };
+        let owner = user_entry(&owner, 0, &mut intern);
+        let record = KeyRecord {
+            id: crate::secret::format_id(1),
+            digest: crate::Digest([1; 32]),
+            locator: crate::Locator(1),
+            org: "acme".into(),
+            user: "o@acme".into(),
+            user_uid: 1,
+            scope: KeyScope::OrgWide,
+            expires_at: None,
+            name: None,
+            created_at: 0,
+            revoked_at: None,
+            lifecycle: Default::default(),
+            server: Some(crate::KeyServer {
+                name: "prod".into(),
+                access: Access::ReadWrite,
+            }),
+        };
+        let key = key_entry(&record, 0, (Some(&owner), Some(&org)), &mut intern).unwrap();
+        assert!(key.server_bound);
+        let b = binding(record.server.as_ref().unwrap(), &mut intern);
+        let with = Principal {
+            key: &key,
+            user: &owner,
+            org: &org,
+            server: Some(&b),
+        };
+        assert_eq!(with.authorize(Target::Server(Access::ReadWrite)), Ok(()));
+        assert_eq!(with.server_level(), Some(Access::ReadWrite));
+        // The policy holding the binding is missing: no server, and still no
+        // account key.
+        let without = Principal {
+            server: None,
+            ..with
+        };
+        for t in [
+            Target::Server(Access::Read),
+            Target::ServerById(11, Access::Read),
+            Target::Organisation,
+        ] {
+            assert!(without.authorize(t).is_err(), "{t:?}");
+        }
+        assert_eq!(
+            without.authorize(Target::Server(Access::Read)),
+            Err(Refusal::ServerNotVisible)
+        );
+        assert_eq!(without.server_level(), None);
     }
 
     #[test]

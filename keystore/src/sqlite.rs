@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::model::{
-    Access, Domain, KeyRecord, KeyScope, RateLimit, Role, Status, Usage, UserRecord,
+    Access, Domain, KeyRecord, KeyScope, RateLimit, Role, Server, Status, Usage, UserRecord,
 };
 use crate::store::{Audit, Change, LogEntry, Store, StoreError, UsageDelta, Watcher};
 use crate::{Digest, Locator};
@@ -69,6 +69,18 @@ const MIGRATIONS: &[&str] = &[
          requests INTEGER NOT NULL,
          grace_uses INTEGER NOT NULL);
      CREATE INDEX key_usage_by_org ON key_usage (org);",
+    // 5: servers (Postmark's second resource kind): an organisation's
+    // servers, members' per-server access (JSON, NULL for none) and a key's
+    // server binding (NULL: not bound).
+    "CREATE TABLE servers (
+         org TEXT NOT NULL REFERENCES orgs(id),
+         name TEXT NOT NULL,
+         numeric_id INTEGER NOT NULL,
+         PRIMARY KEY (org, name));
+     CREATE UNIQUE INDEX servers_by_id ON servers (org, numeric_id);
+     ALTER TABLE users ADD COLUMN servers TEXT;
+     ALTER TABLE keys ADD COLUMN server TEXT;
+     ALTER TABLE keys ADD COLUMN server_access TEXT;",
 ];
 
 /// The SQLite-backed [`Store`].
@@ -190,13 +202,39 @@ fn parse<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, StoreError
 }
 
 const KEY_COLUMNS: &str =
-    "id, digest, org, user, user_uid, org_wide, domains, expires_at, name, created_at, revoked_at, locator, lifecycle";
+    "id, digest, org, user, user_uid, org_wide, domains, expires_at, name, created_at, revoked_at, locator, lifecycle, server, server_access";
+
+const USER_COLUMNS: &str = "org, id, role, status, access, uid, servers";
+
+/// A member's server access as the store keeps it: JSON, or `NULL` for none.
+pub(crate) fn servers_json(servers: &BTreeMap<String, Access>) -> Option<String> {
+    (!servers.is_empty()).then(|| access_json(servers))
+}
+
+/// A key's server binding from its two columns.
+pub(crate) fn parse_binding(
+    server: Option<String>,
+    access: Option<&str>,
+) -> Result<Option<crate::KeyServer>, StoreError> {
+    match (server, access) {
+        (None, _) => Ok(None),
+        (Some(name), Some(a)) => Ok(Some(crate::KeyServer {
+            name,
+            access: parse(a)?,
+        })),
+        (Some(name), None) => Err(StoreError::Incompatible(format!(
+            "key bound to server {name} has no server access level"
+        ))),
+    }
+}
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
     let digest: Vec<u8> = row.get(1)?;
     let org_wide: bool = row.get(5)?;
     let domains: String = row.get(6)?;
     let lifecycle: Option<String> = row.get(12)?;
+    let server: Option<String> = row.get(13)?;
+    let server_access: Option<String> = row.get(14)?;
     let rec = (|| {
         let digest: [u8; 32] = digest
             .try_into()
@@ -208,11 +246,12 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>
         };
         let lifecycle = crate::model::parse_lifecycle(lifecycle.as_deref())
             .map_err(StoreError::Incompatible)?;
-        Ok::<_, StoreError>((Digest(digest), scope, lifecycle))
+        let server = parse_binding(server, server_access.as_deref())?;
+        Ok::<_, StoreError>((Digest(digest), scope, lifecycle, server))
     })();
     Ok(match rec {
         Err(e) => Err(e),
-        Ok((digest, scope, lifecycle)) => Ok(KeyRecord {
+        Ok((digest, scope, lifecycle, server)) => Ok(KeyRecord {
             id: row.get(0)?,
             digest,
             locator: row
@@ -227,6 +266,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>
             created_at: row.get(9)?,
             revoked_at: row.get(10)?,
             lifecycle,
+            server,
         }),
     })
 }
@@ -238,6 +278,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<UserRecord, StoreErro
     let status: String = row.get(3)?;
     let access: String = row.get(4)?;
     let uid: i64 = row.get(5)?;
+    let servers: Option<String> = row.get(6)?;
     Ok((|| {
         Ok(UserRecord {
             org,
@@ -245,6 +286,9 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<UserRecord, StoreErro
             role: parse::<Role>(&role)?,
             status: parse::<Status>(&status)?,
             access: parse_access(&access)?,
+            servers: servers
+                .as_deref()
+                .map_or(Ok(BTreeMap::new()), parse_access)?,
             uid: uid as u64,
         })
     })())
@@ -252,15 +296,18 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<UserRecord, StoreErro
 
 fn put_user(tx: &rusqlite::Transaction<'_>, u: &UserRecord) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO users (org, id, role, status, access, uid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (org, id) DO UPDATE SET role = ?3, status = ?4, access = ?5, uid = ?6",
+        "INSERT INTO users (org, id, role, status, access, uid, servers)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (org, id) DO UPDATE SET role = ?3, status = ?4, access = ?5, uid = ?6,
+             servers = ?7",
         params![
             u.org,
             u.id,
             u.role.as_str(),
             u.status.as_str(),
             access_json(&u.access),
-            u.uid as i64
+            u.uid as i64,
+            servers_json(&u.servers)
         ],
     )?;
     Ok(())
@@ -287,7 +334,8 @@ fn insert_key(tx: &rusqlite::Transaction<'_>, k: &KeyRecord) -> rusqlite::Result
         KeyScope::Domains(d) => (false, access_json(d)),
     };
     tx.prepare_cached(&format!(
-        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        "INSERT INTO keys ({KEY_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
     ))?
     .execute(params![
         k.id,
@@ -302,7 +350,9 @@ fn insert_key(tx: &rusqlite::Transaction<'_>, k: &KeyRecord) -> rusqlite::Result
         k.created_at,
         k.revoked_at,
         k.locator.0 as i64,
-        crate::model::lifecycle_json(&k.lifecycle)
+        crate::model::lifecycle_json(&k.lifecycle),
+        k.server.as_ref().map(|s| s.name.as_str()),
+        k.server.as_ref().map(|s| s.access.as_str())
     ])?;
     Ok(())
 }
@@ -450,10 +500,29 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    fn load_servers(&mut self) -> Result<Vec<(String, Server)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT org, name, numeric_id FROM servers ORDER BY org, name")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Server {
+                        name: r.get(1)?,
+                        id: r.get::<_, i64>(2)? as u64,
+                    },
+                ))
+            })
+            .map_err(db)?;
+        rows.map(|r| r.map_err(db)).collect()
+    }
+
     fn load_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT org, id, role, status, access, uid FROM users")
+            .prepare(&format!("SELECT {USER_COLUMNS} FROM users"))
             .map_err(db)?;
         let rows = stmt.query_map([], user_from_row).map_err(db)?;
         rows.map(|r| r.map_err(db)?).collect()
@@ -579,6 +648,21 @@ impl Store for SqliteStore {
                 )
                 .map_err(db)?;
             }
+            Change::PutServer { org, server } => {
+                tx.execute(
+                    "INSERT INTO servers (org, name, numeric_id) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (org, name) DO UPDATE SET numeric_id = ?3",
+                    params![org, server.name, server.id as i64],
+                )
+                .map_err(db)?;
+            }
+            Change::DeleteServer { org, server } => {
+                tx.execute(
+                    "DELETE FROM servers WHERE org = ?1 AND name = ?2",
+                    params![org, server],
+                )
+                .map_err(db)?;
+            }
         }
         let version = expected + 1;
         tx.execute(
@@ -685,9 +769,9 @@ impl Store for SqliteStore {
     fn list_users(&mut self, org: &str) -> Result<Vec<UserRecord>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT org, id, role, status, access, uid FROM users WHERE org = ?1 ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE org = ?1 ORDER BY id"
+            ))
             .map_err(db)?;
         let rows = stmt.query_map([org], user_from_row).map_err(db)?;
         rows.map(|r| r.map_err(db)?).collect()

@@ -16,7 +16,7 @@
 //! followers apply it without re-reading the tables; an entry whose payload
 //! was pruned (or too large to keep) tells the follower to reload.
 
-use crate::model::{Access, Domain, KeyRecord, RateLimit, Usage, UserRecord};
+use crate::model::{Access, Domain, KeyRecord, RateLimit, Server, Usage, UserRecord};
 use std::collections::BTreeMap;
 
 /// A storage failure. The message never contains a secret or a digest.
@@ -162,6 +162,22 @@ pub enum Change {
         /// The default (`None`: keys without their own limit are unlimited).
         rate_limit: Option<RateLimit>,
     },
+    /// Add a server to an organisation, or change its numeric id.
+    PutServer {
+        /// Organisation id.
+        org: String,
+        /// The server (canonical name) and its id.
+        server: Server,
+    },
+    /// Remove a server from an organisation. Keys bound to it stay, and
+    /// grant nothing on it; members' access to it is kept but means nothing
+    /// while the organisation has no server of that name.
+    DeleteServer {
+        /// Organisation id.
+        org: String,
+        /// The server's canonical name.
+        server: String,
+    },
 }
 
 impl Change {
@@ -177,6 +193,8 @@ impl Change {
             Change::RotateKey { .. } => "rotate_key",
             Change::UpdateKey { .. } => "update_key",
             Change::SetOrgRateLimit { .. } => "set_org_rate_limit",
+            Change::PutServer { .. } => "put_server",
+            Change::DeleteServer { .. } => "delete_server",
         }
     }
 
@@ -195,6 +213,8 @@ impl Change {
             Change::RevokeKey { id, .. } | Change::UpdateKey { id, .. } => id.clone(),
             Change::RotateKey { id, new, .. } => format!("{id} -> {}", new.id),
             Change::SetOrgRateLimit { org, .. } => org.clone(),
+            Change::PutServer { org, server } => format!("{org}/{}", server.name),
+            Change::DeleteServer { org, server } => format!("{org}/{server}"),
         }
     }
 }
@@ -242,6 +262,8 @@ pub trait Store: Send {
     fn version(&mut self) -> Result<(u64, i64), StoreError>;
     /// (id, uid, domains) of every organisation.
     fn load_orgs(&mut self) -> Result<Vec<(String, u64, Vec<Domain>)>, StoreError>;
+    /// (organisation, server) of every server.
+    fn load_servers(&mut self) -> Result<Vec<(String, Server)>, StoreError>;
     /// Every user.
     fn load_users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
     /// Every key, streamed, so loading a million keys holds one record at a time.

@@ -475,6 +475,9 @@ impl Store for FlakyStore {
     fn load_orgs(&mut self) -> Result<Vec<(String, u64, Vec<Domain>)>, StoreError> {
         self.inner.load_orgs()
     }
+    fn load_servers(&mut self) -> Result<Vec<(String, scopegate_keystore::Server)>, StoreError> {
+        self.inner.load_servers()
+    }
     fn load_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         self.inner.load_users()
     }
@@ -861,7 +864,9 @@ fn keys_stored_before_locators_existed_keep_working() {
         c.execute_batch(
             "ALTER TABLE keys DROP COLUMN locator; ALTER TABLE changes DROP COLUMN payload;
              ALTER TABLE keys DROP COLUMN lifecycle; ALTER TABLE orgs DROP COLUMN rate_limit;
-             DROP TABLE key_usage; PRAGMA user_version = 1;",
+             DROP TABLE key_usage; DROP TABLE servers; ALTER TABLE users DROP COLUMN servers;
+             ALTER TABLE keys DROP COLUMN server; ALTER TABLE keys DROP COLUMN server_access;
+             PRAGMA user_version = 1;",
         )
         .unwrap();
     }
@@ -878,7 +883,7 @@ fn keys_stored_before_locators_existed_keep_working() {
     assert_eq!(version, 1, "a refused open migrated the store");
     let new = {
         let ks = open(&db);
-        assert_eq!(SqliteStore::open(&db).unwrap().schema_version().unwrap(), 4);
+        assert_eq!(SqliteStore::open(&db).unwrap().schema_version().unwrap(), 5);
         assert!(ks.check(Some(&old_a.secret), read, NOW).outcome.is_ok());
         assert!(ks.check(Some(&old_b.secret), read, NOW).outcome.is_ok());
         let new = ks

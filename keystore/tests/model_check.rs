@@ -639,6 +639,13 @@ impl Model {
                     Some(_) => {}
                 }
             }
+            // This universe has no servers: every key is an account key.
+            Target::Server(_) => return Err(Refusal::ServerKeyRequired),
+            Target::ServerById(..) => {
+                if !(key.org_wide && is_admin(u.role)) {
+                    return Err(Refusal::OrgWideRequired);
+                }
+            }
         }
         let scope = if key.org_wide && is_admin(u.role) {
             "*".to_string()
@@ -709,6 +716,8 @@ impl Harness {
             for id in [7, 8, 9, 11, 12_345] {
                 targets.push(Target::Domain(DomainRef::Id(id), need));
             }
+            targets.push(Target::Server(need));
+            targets.push(Target::ServerById(7, need));
         }
         Harness {
             ks: KeyStore::in_memory(Pepper::new(b"model-check-pepper-0123456789")),

@@ -410,6 +410,8 @@ impl AdminApp {
                                 secret: b.secret,
                                 rate_limit: b.rate_limit,
                                 shadow: b.shadow,
+                                server: None,
+                                server_access: None,
                             };
                             let a2 = actor.clone();
                             blocking(ks, move |ks| {
