@@ -46,6 +46,10 @@ pub struct Error {
     pub code: &'static str,
     /// Human explanation.
     pub message: String,
+    /// For an error of the store, which one, for metrics: `full`,
+    /// `read_only`, `io`, `deleted` (faults of a SQLite file),
+    /// `unavailable`, `indeterminate`, `busy` or `error`.
+    pub store: Option<&'static str>,
 }
 
 impl Error {
@@ -54,6 +58,7 @@ impl Error {
             kind,
             code,
             message: message.into(),
+            store: None,
         }
     }
     fn invalid(code: &'static str, m: impl Into<String>) -> Error {
@@ -69,7 +74,17 @@ impl Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
-        match e {
+        let store = match &e {
+            StoreError::Faulted { fault, .. } => fault.as_str(),
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Indeterminate(_) => "indeterminate",
+            StoreError::Behind { .. } => "busy",
+            _ => "error",
+        };
+        let mut error = match e {
+            StoreError::Faulted { .. } => {
+                Error::new(ErrorKind::Unavailable, "store_unavailable", e.to_string())
+            }
             StoreError::Unavailable(_) => Error::new(
                 ErrorKind::Unavailable,
                 "store_unavailable",
@@ -90,7 +105,9 @@ impl From<StoreError> for Error {
                 ),
             ),
             _ => Error::new(ErrorKind::Store, "store_error", e.to_string()),
-        }
+        };
+        error.store = Some(store);
+        error
     }
 }
 
@@ -633,7 +650,7 @@ impl KeyStore {
                     std::thread::sleep(std::time::Duration::from_micros(jitter));
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(store.diagnose(e).into()),
             };
             let mut next = (*cur).clone();
             apply(&mut next, &change, intern);
@@ -1135,7 +1152,11 @@ impl KeyStore {
         if batch.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = lock(&self.writer).store.add_usage(&batch) {
+        let written = {
+            let mut w = lock(&self.writer);
+            w.store.add_usage(&batch).map_err(|e| w.store.diagnose(e))
+        };
+        if let Err(e) = written {
             use std::sync::atomic::Ordering::Relaxed;
             for (cell, d) in cells.iter().zip(&batch) {
                 cell.requests.fetch_add(d.requests, Relaxed);

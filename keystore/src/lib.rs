@@ -60,4 +60,4 @@ pub use snapshot::{
     UsageCell,
 };
 pub use sqlite::SqliteStore;
-pub use store::{Audit, Change, LogEntry, Store, StoreError, UsageDelta, Watcher};
+pub use store::{Audit, Change, Fault, LogEntry, Store, StoreError, UsageDelta, Watcher};

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use crate::model::{
     Access, Domain, KeyRecord, KeyScope, RateLimit, Role, Server, Status, Usage, UserRecord,
 };
-use crate::store::{Audit, Change, LogEntry, Store, StoreError, UsageDelta, Watcher};
+use crate::store::{Audit, Change, Fault, LogEntry, Store, StoreError, UsageDelta, Watcher};
 use crate::{Digest, Locator};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many
@@ -88,17 +88,113 @@ pub struct SqliteStore {
     conn: Connection,
     /// The file, so a follower can open its own connection; `None` in memory.
     path: Option<std::path::PathBuf>,
+    /// (device, inode) of the file `conn` opened, to notice the path being
+    /// removed or replaced under it before a write goes nowhere durable.
+    ident: Option<(u64, u64)>,
+    /// The copy this process wrote back after the file was removed:
+    /// (its version, its identity).
+    restored: Option<(u64, (u64, u64))>,
 }
 
+/// A SQLite error as a [`StoreError`]: the disk full, a read-only file or
+/// filesystem, an I/O error or a file that cannot be opened are faults of
+/// the store file (503, nothing changed, retry once the cause is gone);
+/// anything else is a database error.
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    use rusqlite::ErrorCode as C;
+    let fault = match e.sqlite_error_code() {
+        Some(C::DiskFull) => Fault::Full,
+        Some(C::ReadOnly) => Fault::ReadOnly,
+        Some(C::SystemIoFailure | C::CannotOpen) => Fault::Io,
+        _ => return StoreError::Database(e.to_string()),
+    };
+    StoreError::Faulted {
+        fault,
+        reason: format!("SQLite: {e}"),
+    }
+}
+
+/// (device, inode) of the file at `path`; `None` if there is none.
+fn identify(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some((m.dev(), m.ino()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `path` with `suffix` appended (`-wal`, `-shm`).
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    p.into()
+}
+
+/// Moves aside a WAL that cannot belong to the store file: the file is in
+/// rollback-journal mode (byte 18 of its header is 1, as a copy written by
+/// [`SqliteStore::restore`] or a backup is) while a `-wal` lies beside it. A
+/// store in use is always in WAL mode, so that WAL was left by a process
+/// killed while it still had a removed file open; SQLite would replay its
+/// pages, which are another file's, into this one. Kept as `-wal.removed`
+/// and `-shm.removed`.
+fn set_aside_foreign_wal(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let mut header = [0u8; 100];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    if read.is_err() || &header[..16] != b"SQLite format 3\0" || header[18] != 1 {
+        return Ok(());
+    }
+    for suffix in ["-wal", "-shm"] {
+        let file = beside(path, suffix);
+        if file.exists() {
+            std::fs::rename(&file, beside(path, &format!("{suffix}.removed"))).map_err(|e| {
+                StoreError::Faulted {
+                    fault: Fault::Io,
+                    reason: format!(
+                        "{} belongs to a removed store file and cannot be moved aside: {e}",
+                        file.display()
+                    ),
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// What the filesystem of the store file says about a failed write, by
+/// creating (and removing) an empty file beside it: read-only, full, or
+/// nothing to add (`None`).
+fn probe_dir(path: &Path) -> Option<Fault> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let probe = dir.join(format!(".scopegate-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) => match e.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem => Some(Fault::ReadOnly),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                Some(Fault::Full)
+            }
+            _ => None,
+        },
+    }
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let mut store = Self::init(Self::connect(path)?)?;
-        store.path = Some(path.to_path_buf());
+        let mut store = Self::init(Self::connect(path, true)?)?;
+        store.set_path(path)?;
         Ok(store)
     }
 
@@ -107,7 +203,7 @@ impl SqliteStore {
     /// the schema of a store it cannot read (which would also lock out the
     /// older scopegate it belongs to).
     pub fn open_with_pepper(path: &Path, fingerprint: &str) -> Result<SqliteStore, StoreError> {
-        let mut store = Self::configure(Self::connect(path)?)?;
+        let mut store = Self::configure(Self::connect(path, true)?)?;
         // Schema 1 created the table the fingerprint lives in.
         if store.schema_version()? >= 1
             && store
@@ -117,13 +213,129 @@ impl SqliteStore {
             return Err(StoreError::WrongPepper);
         }
         store.migrate()?;
-        store.path = Some(path.to_path_buf());
+        store.set_path(path)?;
         Ok(store)
     }
 
-    fn connect(path: &Path) -> Result<Connection, StoreError> {
-        Connection::open(path)
-            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))
+    /// Opens a connection; without `create`, a missing file is an error
+    /// (a follower must never create an empty store where one was removed).
+    fn connect(path: &Path, create: bool) -> Result<Connection, StoreError> {
+        use rusqlite::OpenFlags as F;
+        let mut flags = F::SQLITE_OPEN_READ_WRITE | F::SQLITE_OPEN_URI | F::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= F::SQLITE_OPEN_CREATE;
+            set_aside_foreign_wal(path)?;
+        }
+        Connection::open_with_flags(path, flags).map_err(|e| match db(e) {
+            StoreError::Faulted { fault, reason } => StoreError::Faulted {
+                fault,
+                reason: format!("opening {}: {reason}", path.display()),
+            },
+            other => StoreError::Database(format!("opening {}: {other}", path.display())),
+        })
+    }
+
+    /// Records the file this store has open (after the connection opened it).
+    fn set_path(&mut self, path: &Path) -> Result<(), StoreError> {
+        self.ident = identify(path).map_err(|e| StoreError::Faulted {
+            fault: Fault::Io,
+            reason: format!("cannot stat the store file {}: {e}", path.display()),
+        })?;
+        self.path = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Refuses a write when the path no longer names the file this store
+    /// has open: SQLite would keep writing to the removed (or replaced)
+    /// file, and everything acknowledged after that would be gone at the
+    /// next start. A removed file is written back first (see
+    /// [`SqliteStore::restore`]), so a restart loses nothing.
+    fn writable(&mut self) -> Result<(), StoreError> {
+        let (Some(path), Some(ident)) = (self.path.clone(), self.ident) else {
+            return Ok(());
+        };
+        let p = path.display();
+        let now = identify(&path).map_err(|e| StoreError::Faulted {
+            fault: Fault::Io,
+            reason: format!("cannot stat the store file {p}: {e}; nothing was changed"),
+        })?;
+        if now == Some(ident) {
+            return Ok(());
+        }
+        let mut now = now;
+        if now.is_none() {
+            match self.restore(&path) {
+                Ok(r) => {
+                    self.restored = Some(r);
+                    now = Some(r.1);
+                }
+                Err(e) => {
+                    return Err(StoreError::Faulted {
+                        fault: Fault::Deleted,
+                        reason: format!(
+                            "the store file {p} was removed while this process had it open, and writing its data back failed ({e}); nothing was changed. Writes are refused, since they would go to the removed file and be lost at exit: put the file back (or free space for the copy, which is retried on the next write), then restart the gateway"
+                        ),
+                    })
+                }
+            }
+        }
+        let reason = match self.restored {
+            Some((version, id)) if now == Some(id) => format!(
+                "the store file {p} was removed while this process had it open; nothing was changed. The process wrote the data it holds (version {version}) back to {p}: restart the gateway to use it, nothing is lost. Writes are refused until then, since they would go to the removed file and be lost at exit"
+            ),
+            _ => format!(
+                "the store file {p} was replaced by another file while this process had it open; nothing was changed. Writes are refused, since they would go to the old file: restart the gateway to use the file now at {p}"
+            ),
+        };
+        Err(StoreError::Faulted {
+            fault: Fault::Deleted,
+            reason,
+        })
+    }
+
+    /// Writes what the open connection still reads (the removed file and its
+    /// WAL) to a new file at `path`: `VACUUM INTO` a temporary file beside
+    /// it, synced, then linked to `path` only if nothing appeared there
+    /// meanwhile. Returns its version and identity.
+    fn restore(&mut self, path: &Path) -> Result<(u64, (u64, u64)), String> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = path.file_name().ok_or("the path names no file")?;
+        let tmp = dir.join(format!(
+            ".{}.restore-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        let result = (|| {
+            let target = tmp.to_str().ok_or("the path is not UTF-8")?;
+            self.conn
+                .execute("VACUUM INTO ?1", [target])
+                .map_err(|e| e.to_string())?;
+            let copy =
+                Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(|e| e.to_string())?;
+            let version: i64 = copy
+                .query_row("SELECT COALESCE(MAX(version), 0) FROM changes", [], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| e.to_string())?;
+            drop(copy);
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| e.to_string())?;
+            // A link, not a rename: it fails if a file appeared at the path.
+            std::fs::hard_link(&tmp, path).map_err(|e| e.to_string())?;
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            let id = identify(path)
+                .map_err(|e| e.to_string())?
+                .ok_or("the copy vanished")?;
+            Ok((version as u64, id))
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result
     }
 
     /// The pepper fingerprint recorded in the store, if any.
@@ -157,7 +369,12 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
-        Ok(SqliteStore { conn, path: None })
+        Ok(SqliteStore {
+            conn,
+            path: None,
+            ident: None,
+            restored: None,
+        })
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -383,7 +600,7 @@ const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl DataVersionWatcher {
     fn open(path: &Path) -> Result<DataVersionWatcher, StoreError> {
-        let conn = SqliteStore::connect(path)?;
+        let conn = SqliteStore::connect(path, false)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
         let last = Self::probe(&conn)?;
@@ -546,6 +763,7 @@ impl Store for SqliteStore {
         audit: &Audit<'_>,
         expected: u64,
     ) -> Result<u64, StoreError> {
+        self.writable()?;
         // IMMEDIATE takes the file's write lock before reading the head of
         // the log, so no other process can commit between the check and ours.
         let tx = self
@@ -723,6 +941,15 @@ impl Store for SqliteStore {
 
     fn watcher(&self) -> Result<Box<dyn Watcher>, StoreError> {
         match &self.path {
+            // Never a connection to another file at the path: it would share
+            // the WAL of the removed one this process still has open.
+            Some(path) if identify(path).ok().flatten() != self.ident => Err(StoreError::Faulted {
+                fault: Fault::Deleted,
+                reason: format!(
+                    "the store file {} was removed or replaced while this process had it open",
+                    path.display()
+                ),
+            }),
             Some(path) => Ok(Box::new(DataVersionWatcher::open(path)?)),
             // Nobody else can write to a store in memory.
             None => Ok(Box::new(Sleeper)),
@@ -730,6 +957,7 @@ impl Store for SqliteStore {
     }
 
     fn prune_payloads(&mut self, version: u64) -> Result<u64, StoreError> {
+        self.writable()?;
         let n = self
             .conn
             .execute(
@@ -797,6 +1025,7 @@ impl Store for SqliteStore {
     }
 
     fn add_usage(&mut self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        self.writable()?;
         let tx = self.conn.transaction().map_err(db)?;
         {
             let mut stmt = tx
@@ -844,5 +1073,35 @@ impl Store for SqliteStore {
             })
             .map_err(db)?;
         rows.map(|r| r.map_err(db)).collect()
+    }
+
+    fn diagnose(&mut self, e: StoreError) -> StoreError {
+        let StoreError::Faulted { fault, reason } = e else {
+            return e;
+        };
+        let Some(path) = self.path.clone() else {
+            return StoreError::Faulted { fault, reason };
+        };
+        // A removed file is the news, whatever SQLite said.
+        if let Err(removed) = self.writable() {
+            return removed;
+        }
+        let fault = match fault {
+            Fault::Io | Fault::ReadOnly => probe_dir(&path).unwrap_or(fault),
+            other => other,
+        };
+        let p = path.display();
+        let reason = match fault {
+            Fault::Full => format!(
+                "the filesystem holding the store file {p} is full ({reason}); nothing was changed: free space there and try again (no restart needed)"
+            ),
+            Fault::ReadOnly => format!(
+                "the store file {p} cannot be written: it or its filesystem is read-only ({reason}); nothing was changed: make it writable and try again (no restart needed; a filesystem the kernel turned read-only after an error must be repaired first)"
+            ),
+            Fault::Io | Fault::Deleted => format!(
+                "I/O error on the store file {p} ({reason}); nothing was changed: check the disk and the kernel log, then try again"
+            ),
+        };
+        StoreError::Faulted { fault, reason }
     }
 }

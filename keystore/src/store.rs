@@ -35,6 +35,17 @@ pub enum StoreError {
     /// changed, and trying again later may work.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The store file cannot take writes right now (SQLite: disk full,
+    /// read-only, I/O error, file removed): nothing changed. The reason says
+    /// what the operator must do; most recover by themselves once the cause
+    /// is gone.
+    #[error("the store is unavailable: {reason}")]
+    Faulted {
+        /// What is wrong, for metrics.
+        fault: Fault,
+        /// For the operator: the file, the cause, the way back.
+        reason: String,
+    },
     /// The connection was lost while the database was committing: the change
     /// may or may not be in the log. Whichever it is, the next read of the
     /// log applies it (or not) exactly once.
@@ -49,6 +60,32 @@ pub enum StoreError {
         /// The version the log is at.
         actual: u64,
     },
+}
+
+/// Why a store file cannot take writes (the `kind` label of
+/// `scopegate_store_errors_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The filesystem is full (or the process's file size limit is reached).
+    Full,
+    /// The file or its filesystem is read-only.
+    ReadOnly,
+    /// Reading or writing the file failed.
+    Io,
+    /// The file was removed or replaced while this process had it open.
+    Deleted,
+}
+
+impl Fault {
+    /// `full`, `read_only`, `io` or `deleted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Full => "full",
+            Fault::ReadOnly => "read_only",
+            Fault::Io => "io",
+            Fault::Deleted => "deleted",
+        }
+    }
 }
 
 /// One entry of the change log, as a follower reads it.
@@ -318,6 +355,13 @@ pub trait Store: Send {
     fn add_usage(&mut self, batch: &[UsageDelta]) -> Result<(), StoreError>;
     /// Stored usage of an organisation's keys, or of one key (`id`).
     fn usage(&mut self, org: &str, id: Option<&str>) -> Result<Vec<(String, Usage)>, StoreError>;
+    /// Turns the error of a failed write into the one to report: for a store
+    /// file's fault, the file, the cause and the way back (SQLite looks at
+    /// the filesystem to tell a read-only one from other I/O errors, and
+    /// checks the file was not removed). Called after the write ended.
+    fn diagnose(&mut self, e: StoreError) -> StoreError {
+        e
+    }
 }
 
 /// Usage of one key counted in memory since the last batch.
