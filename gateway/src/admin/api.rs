@@ -31,11 +31,13 @@ pub struct AdminApp {
     pub state: Arc<State>,
 }
 
-/// An admin answer: status, JSON body (or none), the snapshot version a change published.
+/// An admin answer: status, JSON body (or none), the snapshot version a
+/// change published, and which store failure it reports (for metrics).
 struct Answer {
     status: StatusCode,
     body: Option<Value>,
     version: Option<u64>,
+    store: Option<&'static str>,
 }
 
 impl Answer {
@@ -44,6 +46,7 @@ impl Answer {
             status,
             body: Some(body),
             version: None,
+            store: None,
         }
     }
     fn error(status: StatusCode, code: &str, message: impl AsRef<str>) -> Answer {
@@ -68,7 +71,9 @@ impl From<KsError> for Answer {
             ErrorKind::Store => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
-        Answer::error(status, e.code, &e.message)
+        let mut a = Answer::error(status, e.code, &e.message);
+        a.store = e.store;
+        a
     }
 }
 
@@ -223,8 +228,16 @@ impl AdminApp {
             .with_label_values(&[kind, label])
             .inc();
         if let Err(a) = result {
-            if a.status.is_server_error() {
-                self.state.metrics.store_errors.inc();
+            if let Some(store) = a.store.filter(|_| a.status.is_server_error()) {
+                self.state.metrics.store_error(store);
+                // The message names files and causes, never a secret.
+                let message = a
+                    .body
+                    .as_ref()
+                    .and_then(|b| b.pointer("/error/message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                log::error!("admin change {kind} failed ({store}): {message}");
             }
         }
     }
@@ -375,6 +388,7 @@ impl AdminApp {
                             status: StatusCode::NO_CONTENT,
                             body: None,
                             version: Some(applied.version),
+                            store: None,
                         }
                     })
                 })

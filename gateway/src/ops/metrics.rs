@@ -115,8 +115,8 @@ pub struct Metrics {
     orgs: IntGauge,
     /// Admin mutations by kind and result.
     pub admin_mutations: IntCounterVec,
-    /// Store failures (a change that could not be committed).
-    pub store_errors: IntCounter,
+    /// Admin changes the store failed to commit, by kind of failure.
+    store_errors: IntCounterVec,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
     /// Config reloads by result.
@@ -139,6 +139,19 @@ pub struct Metrics {
     /// The connection layer's metrics (TLS, limits, framing refusals).
     pub edge: crate::ops::edge::EdgeMetrics,
 }
+
+/// The `kind` labels of `scopegate_store_errors_total`, all exported from
+/// the start (at zero) so an alert can watch each.
+pub const STORE_ERROR_KINDS: [&str; 8] = [
+    "full",
+    "read_only",
+    "io",
+    "deleted",
+    "unavailable",
+    "indeterminate",
+    "busy",
+    "error",
+];
 
 impl Metrics {
     /// Registers every metric.
@@ -220,11 +233,17 @@ impl Metrics {
             &["kind", "result"],
         )
         .expect("valid metric");
-        let store_errors = IntCounter::new(
-            "scopegate_store_errors_total",
-            "Changes the store failed to commit (nothing changed).",
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "scopegate_store_errors_total",
+                "Admin changes the store failed to commit (nothing changed), by kind: full, read_only, io, deleted (faults of a SQLite file), unavailable, indeterminate, busy, error.",
+            ),
+            &["kind"],
         )
         .expect("valid metric");
+        for kind in STORE_ERROR_KINDS {
+            store_errors.with_label_values(&[kind]);
+        }
         let access_log_dropped = IntCounter::new(
             "scopegate_access_log_dropped_total",
             "Access log lines dropped because the log writer fell behind.",
@@ -408,6 +427,12 @@ impl Metrics {
         RouteMetrics {
             by_outcome: Arc::new(counters),
         }
+    }
+
+    /// Counts an admin change the store failed to commit; `kind` is the
+    /// keystore's label for the failure (see [`STORE_ERROR_KINDS`]).
+    pub fn store_error(&self, kind: &str) {
+        self.store_errors.with_label_values(&[kind]).inc();
     }
 
     /// Counts a 401 invalid_api_key by its reason.
