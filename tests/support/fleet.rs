@@ -19,6 +19,8 @@ pub struct Instance {
     pub admin: SocketAddr,
     /// Its config file (kept so the same instance can be started again).
     pub config: PathBuf,
+    /// Where its stderr (the log) goes: appended to this file, or inherited.
+    pub log: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -71,6 +73,26 @@ impl Instance {
             proxy,
             admin,
             config,
+            log: None,
+            child: None,
+        };
+        i.spawn();
+        i
+    }
+
+    /// Starts an instance from a config file the test wrote itself (its
+    /// listeners `proxy` and `admin`), its log appended to `log`.
+    pub fn start_config(
+        config: PathBuf,
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        log: PathBuf,
+    ) -> Instance {
+        let mut i = Instance {
+            proxy,
+            admin,
+            config,
+            log: Some(log),
             child: None,
         };
         i.spawn();
@@ -86,7 +108,16 @@ impl Instance {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("open the instance's log"),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start scopegate serve");
         self.child = Some(child);
