@@ -9,7 +9,9 @@
 //!   `mount -o remount,ro` while files are open for writing, and a
 //!   filesystem turned read-only on an error stays so until unmounted, so
 //!   its recovery is a repair and a restart;
-//! - **deleted**: the store file removed under the gateway.
+//! - **deleted**: the store file removed under the gateway; and under two
+//!   processes sharing it, where the one that did not write the copy back
+//!   fails closed once the copy is there.
 //!
 //! Each: an admin write answers 503 `store_unavailable` with `Retry-After`
 //! and a message naming the file and the cause; the store's version and the
@@ -24,7 +26,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use scopegate_gateway::mock::MockUpstream;
-use scopegate_suite::fleet::Instance;
+use scopegate_suite::fleet::{FleetSpec, Instance};
 use scopegate_suite::gateway::free_port;
 use scopegate_suite::http::{Request, Response};
 use serde_json::json;
@@ -550,4 +552,81 @@ fn a_store_file_removed_under_the_gateway_is_written_back_and_nothing_is_lost() 
     assert_eq!(version(&gw), before + 1);
     assert_eq!(through(&s, &gw, &new), (200, true));
     assert_eq!(through(&s, &gw, &revoked).0, 401);
+}
+
+#[test]
+fn processes_sharing_a_removed_store_file_keep_agreeing_or_fail_closed_and_recover_on_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("keys.db");
+    let (sending, domains) = (
+        MockUpstream::spawn("sending").unwrap(),
+        MockUpstream::spawn("domains").unwrap(),
+    );
+    let spec = FleetSpec {
+        store: store.display().to_string(),
+        sending: sending.addr(),
+        domains: domains.addr(),
+        poll_interval_ms: 50,
+        max_staleness_ms: 500,
+        threads: 1,
+    };
+    let mut a = Instance::start(&spec, work.path(), "a");
+    let mut b = Instance::start(&spec, work.path(), "b");
+    let (_, live, revoked) = populate(&a);
+    let admitted = |i: &Instance, secret: &str| {
+        i.send(Request::new("GET", &format!("/domains/{DOMAIN}")).bearer(secret))
+            .status
+    };
+    let wait = |what: &str, mut cond: Box<dyn FnMut() -> bool + '_>| {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        start.elapsed()
+    };
+    wait("b follows a", Box::new(|| admitted(&b, &live) == 200));
+    let before = version(&a);
+
+    // Removed, nothing in its place: both still read the same (removed)
+    // file, so both stay current and keep serving.
+    std::fs::remove_file(&store).unwrap();
+    std::thread::sleep(Duration::from_millis(3 * spec.max_staleness_ms));
+    for i in [&a, &b] {
+        assert_eq!(admitted(i, &live), 200);
+        assert_eq!(admitted(i, &revoked), 401);
+        assert!(i.status()["staleness_ms"].as_u64().unwrap() < spec.max_staleness_ms);
+    }
+
+    // A write through a: refused, and a writes the data back. b now sees
+    // another file at the path, which it cannot follow: it fails closed.
+    let r = create_key(&a, "refused");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("wrote the data it holds"), "{}", r.text());
+    let failed_closed = wait("b fails closed", Box::new(|| admitted(&b, &live) == 503));
+    eprintln!("shared file replaced: the other process failed closed after {failed_closed:?}");
+    let r = b.send(Request::new("GET", &format!("/domains/{DOMAIN}")).bearer(&live));
+    assert_eq!(r.error_code(), "store_unavailable", "{}", r.text());
+    assert_eq!(Request::new("GET", "/readyz").send(b.admin).status, 503);
+    let r = create_key(&b, "refused");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "store_unavailable");
+    // a still holds every change there is: it keeps serving.
+    assert_eq!(admitted(&a, &live), 200);
+    assert_eq!(admitted(&a, &revoked), 401);
+    assert_eq!(Request::new("GET", "/readyz").send(a.admin).status, 200);
+
+    // Stop both, start both: the copy, with every change, for both.
+    a.kill();
+    b.kill();
+    a.restart();
+    b.restart();
+    assert_eq!(version(&a), before);
+    assert_eq!(version(&b), before);
+    let created = create_key(&b, "after");
+    ok(&created);
+    let new = created.json()["key"].as_str().unwrap().to_string();
+    wait("a follows b", Box::new(|| admitted(&a, &new) == 200));
+    assert_eq!(admitted(&a, &revoked), 401);
+    assert_eq!(admitted(&b, &live), 200);
 }

@@ -91,9 +91,9 @@ pub struct SqliteStore {
     /// (device, inode) of the file `conn` opened, to notice the path being
     /// removed or replaced under it before a write goes nowhere durable.
     ident: Option<(u64, u64)>,
-    /// The copy this process wrote back after the file was removed:
-    /// (its version, its identity).
-    restored: Option<(u64, (u64, u64))>,
+    /// The copy this process wrote back after the file was removed: its
+    /// version, and its [`Stamp`] as written.
+    restored: Option<(u64, Stamp)>,
 }
 
 /// A SQLite error as a [`StoreError`]: the disk full, a read-only file or
@@ -114,14 +114,28 @@ fn db(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// (device, inode) of the file at `path`; `None` if there is none.
-fn identify(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+/// (device, inode, modification time in s and ns, size) of a file.
+type Stamp = (u64, u64, i64, i64, u64);
+
+/// The [`Stamp`] of the file at `path`; `None` if there is none.
+fn stamp(path: &Path) -> std::io::Result<Option<Stamp>> {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(path) {
-        Ok(m) => Ok(Some((m.dev(), m.ino()))),
+        Ok(m) => Ok(Some((
+            m.dev(),
+            m.ino(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.size(),
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// (device, inode) of the file at `path`; `None` if there is none.
+fn identify(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    Ok(stamp(path)?.map(|s| (s.0, s.1)))
 }
 
 /// `path` with `suffix` appended (`-wal`, `-shm`).
@@ -267,7 +281,7 @@ impl SqliteStore {
             match self.restore(&path) {
                 Ok(r) => {
                     self.restored = Some(r);
-                    now = Some(r.1);
+                    now = Some((r.1 .0, r.1 .1));
                 }
                 Err(e) => {
                     return Err(StoreError::Faulted {
@@ -280,7 +294,7 @@ impl SqliteStore {
             }
         }
         let reason = match self.restored {
-            Some((version, id)) if now == Some(id) => format!(
+            Some((version, copy)) if now == Some((copy.0, copy.1)) => format!(
                 "the store file {p} was removed while this process had it open; nothing was changed. The process wrote the data it holds (version {version}) back to {p}: restart the gateway to use it, nothing is lost. Writes are refused until then, since they would go to the removed file and be lost at exit"
             ),
             _ => format!(
@@ -293,11 +307,38 @@ impl SqliteStore {
         })
     }
 
+    /// Whether reading the open file still shows every committed change: not
+    /// once another file is at the path (a backup put in place, or the copy
+    /// this process wrote back, opened and changed since by another
+    /// process), since changes committed there never reach this one. A
+    /// follower that gets this error stops confirming its snapshot, so the
+    /// proxy fails closed after `fleet.max_staleness_ms`, as when a database
+    /// is unreachable. A removed file with nothing in its place is current:
+    /// nobody can commit anywhere else.
+    fn current(&self) -> Result<(), StoreError> {
+        let (Some(path), Some(ident)) = (&self.path, self.ident) else {
+            return Ok(());
+        };
+        let Ok(Some(now)) = stamp(path) else {
+            return Ok(());
+        };
+        if (now.0, now.1) == ident || self.restored.is_some_and(|(_, copy)| copy == now) {
+            return Ok(());
+        }
+        let p = path.display();
+        Err(StoreError::Faulted {
+            fault: Fault::Deleted,
+            reason: format!(
+                "the store file {p} was replaced by another file while this process had it open; changes committed there never reach this process, so it no longer confirms its snapshot (the proxy fails closed after fleet.max_staleness_ms): restart it to use the file now at {p}"
+            ),
+        })
+    }
+
     /// Writes what the open connection still reads (the removed file and its
     /// WAL) to a new file at `path`: `VACUUM INTO` a temporary file beside
     /// it, synced, then linked to `path` only if nothing appeared there
     /// meanwhile. Returns its version and identity.
-    fn restore(&mut self, path: &Path) -> Result<(u64, (u64, u64)), String> {
+    fn restore(&mut self, path: &Path) -> Result<(u64, Stamp), String> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -329,10 +370,10 @@ impl SqliteStore {
             // A link, not a rename: it fails if a file appeared at the path.
             std::fs::hard_link(&tmp, path).map_err(|e| e.to_string())?;
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-            let id = identify(path)
+            let copy = stamp(path)
                 .map_err(|e| e.to_string())?
                 .ok_or("the copy vanished")?;
-            Ok((version as u64, id))
+            Ok((version as u64, copy))
         })();
         let _ = std::fs::remove_file(&tmp);
         result
@@ -905,6 +946,7 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<LogEntry>, u64), StoreError> {
+        self.current()?;
         // One read transaction, so the head and the entries agree.
         let tx = self.conn.transaction().map_err(db)?;
         let head: i64 = tx
