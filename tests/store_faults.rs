@@ -35,6 +35,14 @@ const ORG: &str = "acme";
 const DOMAIN: &str = "acme.example";
 const OWNER: &str = "owner@acme.example";
 
+/// One test at a time: each starts processes and mounts, and on a shared
+/// 2-core machine they would measure each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Why these tests cannot run here, if they cannot.
 fn cannot_mount() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -58,6 +66,7 @@ fn cannot_mount() -> Option<String> {
 /// Skips the test, loudly, when it cannot mount.
 macro_rules! need_mounts {
     () => {
+        let _serial = serial();
         if let Some(why) = cannot_mount() {
             eprintln!("\n*** SKIPPED store fault test: {why} ***\n");
             return;
@@ -502,6 +511,7 @@ fn a_filesystem_turned_read_only_refuses_writes_cleanly_and_loses_nothing() {
 
 #[test]
 fn a_store_file_removed_under_the_gateway_is_written_back_and_nothing_is_lost() {
+    let _serial = serial();
     // No mount needed: any directory will do.
     let work = tempfile::tempdir().unwrap();
     let s = Setup::new(work.path(), work.path().join("keys.db"));
@@ -556,6 +566,7 @@ fn a_store_file_removed_under_the_gateway_is_written_back_and_nothing_is_lost() 
 
 #[test]
 fn processes_sharing_a_removed_store_file_keep_agreeing_or_fail_closed_and_recover_on_restart() {
+    let _serial = serial();
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("keys.db");
     let (sending, domains) = (

@@ -135,8 +135,11 @@ impl Instance {
             {
                 panic!("scopegate serve exited before it was ready: {status}");
             }
+            // `/readyz` can answer 200 a moment before the proxy listener
+            // is bound (Pingora binds it in its own service), so both.
             if std::net::TcpStream::connect(self.admin).is_ok()
                 && Request::new("GET", "/readyz").send(self.admin).status == 200
+                && std::net::TcpStream::connect(self.proxy).is_ok()
             {
                 return;
             }
