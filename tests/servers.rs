@@ -334,3 +334,412 @@ fn rate_limited_keys_get_postmarks_429_envelope() {
     let v = o.response.json();
     assert_eq!(v["ErrorCode"], 429, "{v}");
 }
+
+/// The sample organisation plus two servers and the seed's server roles.
+struct Servers {
+    /// owner@acme.test's key bound to `prod` (and org-wide on domains).
+    owner_prod: String,
+    /// admin@acme.test's key bound to `staging`, read-only on it.
+    admin_staging_read: String,
+    /// sa@example.com (Server Admin on prod, Viewer on staging; writes
+    /// staging.example.com): a key bound to prod.
+    sa_prod: String,
+    /// sa@example.com: bound to prod, read-only on it.
+    sa_prod_read: String,
+    /// sv@example.com (Server Viewer on prod; writes client-a.com): a
+    /// domain key, bound to no server.
+    sv_domains: String,
+}
+
+fn servers(gw: &TestGateway) -> (sample::Keys, Servers) {
+    use scopegate_keystore::{Access, NewKey, Role, UserInput};
+    use std::collections::BTreeMap;
+    let ks = &gw.keystore;
+    let k = sample::setup(ks);
+    ks.put_server("t", "acme", "prod", 11).unwrap();
+    ks.put_server("t", "acme", "staging", 12).unwrap();
+    ks.put_server("t", "other", "prod", 91).unwrap();
+    let member = |access: &[(&str, Access)], servers: &[(&str, Access)]| {
+        let map = |p: &[(&str, Access)]| -> BTreeMap<String, Access> {
+            p.iter().map(|(n, a)| (n.to_string(), *a)).collect()
+        };
+        (
+            UserInput {
+                role: Role::Member,
+                access: map(access),
+                status: None,
+            },
+            Some(map(servers)),
+        )
+    };
+    for (user, (input, srv)) in [
+        (
+            "sa@example.com",
+            member(
+                &[("staging.example.com", Access::ReadWrite)],
+                &[("prod", Access::ReadWrite), ("staging", Access::Read)],
+            ),
+        ),
+        (
+            "sv@example.com",
+            member(
+                &[("client-a.com", Access::ReadWrite)],
+                &[("prod", Access::Read)],
+            ),
+        ),
+    ] {
+        ks.put_user_with_servers("t", "acme", user, input, srv)
+            .unwrap();
+    }
+    let now = scopegate_keystore::time::now();
+    let key = |user: &str, org_wide: bool, server: Option<&str>, access: Option<Access>| {
+        ks.create_key(
+            "t",
+            "acme",
+            NewKey {
+                user: user.into(),
+                org_wide,
+                server: server.map(str::to_string),
+                server_access: access,
+                ..NewKey::default()
+            },
+            now,
+        )
+        .map(|c| c.value.secret)
+    };
+    let s = Servers {
+        owner_prod: key("owner@acme.test", true, Some("prod"), None).unwrap(),
+        admin_staging_read: key("admin@acme.test", true, Some("staging"), Some(Access::Read))
+            .unwrap(),
+        sa_prod: key("sa@example.com", false, Some("prod"), None).unwrap(),
+        sa_prod_read: key("sa@example.com", false, Some("prod"), Some(Access::Read)).unwrap(),
+        sv_domains: key("sv@example.com", false, None, None).unwrap(),
+    };
+    // Creation: the creator must have read_write on the server now.
+    let refused = |user: &str, server: &str| {
+        let e = key(user, false, Some(server), Some(Access::Read)).unwrap_err();
+        assert_eq!(
+            e.kind,
+            scopegate_keystore::ErrorKind::Rule,
+            "{user} on {server}: {e}"
+        );
+    };
+    refused("sa@example.com", "staging"); // Server Viewer there
+    refused("sv@example.com", "prod"); // Server Viewer there
+    refused("dev@example.com", "prod"); // not assigned at all
+    refused("owner@acme.test", "nowhere");
+    (k, s)
+}
+
+fn is_read(method: &str) -> bool {
+    method == "GET" || method == "HEAD"
+}
+
+#[test]
+fn server_routes_follow_the_key_and_its_creators_level_on_the_bound_server() {
+    let gw = TestGateway::start();
+    let (k, s) = servers(&gw);
+    for (method, path) in SERVER_CALLS {
+        let go = |key: &str| send(&gw, with_key(method, path, key));
+        // Account Owner's and Server Admin's server tokens: everything.
+        admitted(&go(&s.owner_prod), "sending", method, path);
+        admitted(&go(&s.sa_prod), "sending", method, path);
+        // Read-only server tokens: reads only.
+        for key in [&s.admin_staging_read, &s.sa_prod_read] {
+            let o = go(key);
+            if is_read(method) {
+                admitted(&o, "sending", method, path);
+            } else {
+                refused(&o, 403, "read_only");
+            }
+        }
+        // Keys bound to no server: account tokens and domain keys.
+        for key in [&k.owner, &s.sv_domains, &k.dev] {
+            refused(&go(key), 403, "server_key_required");
+        }
+    }
+    // The upstream learns which server the key acts for; unbound: empty.
+    admitted(
+        &send(
+            &gw,
+            with_key("GET", "/server", &s.sa_prod)
+                .header("X-Scopegate-Server", "staging")
+                .header("x-scopegate-SERVER", "other"),
+        ),
+        "sending",
+        "GET",
+        "/server",
+    );
+    let seen = gw.sending.requests().pop().unwrap();
+    assert_eq!(seen.header_all("x-scopegate-server"), ["prod"]);
+    assert_eq!(seen.header("x-scopegate-user"), Some("sa@example.com"));
+    admitted(
+        &send(
+            &gw,
+            with_key("GET", "/domains/102", &k.dev).header("X-Scopegate-Server", "prod"),
+        ),
+        "domains",
+        "GET",
+        "/domains/102",
+    );
+    let seen = gw.domains.requests().pop().unwrap();
+    assert_eq!(seen.header_all("x-scopegate-server"), [""]);
+}
+
+#[test]
+fn servers_by_id_are_org_wide_except_reading_a_keys_own_server() {
+    let gw = TestGateway::start();
+    let (k, s) = servers(&gw);
+    // Org-wide account keys: any server, any method.
+    for (method, path) in [
+        ("GET", "/servers/11"),
+        ("PUT", "/servers/12"),
+        ("DELETE", "/servers/12"),
+    ] {
+        admitted(
+            &send(&gw, with_key(method, path, &k.owner)),
+            "domains",
+            method,
+            path,
+        );
+    }
+    // A server token reads its own server by id, and nothing else there.
+    for key in [&s.sa_prod, &s.sa_prod_read, &s.owner_prod] {
+        admitted(
+            &send(&gw, with_key("GET", "/servers/11", key)),
+            "domains",
+            "GET",
+            "/servers/11",
+        );
+        for (method, path) in [
+            ("GET", "/servers/12"),
+            ("GET", "/servers/91"), // the other organisation's prod
+            ("GET", "/servers/999"),
+            ("PUT", "/servers/11"),
+            ("DELETE", "/servers/11"),
+            ("GET", "/servers"),
+            ("POST", "/servers"),
+        ] {
+            refused(
+                &send(&gw, with_key(method, path, key)),
+                403,
+                "org_wide_key_required",
+            );
+        }
+    }
+    // A server token is never an account token, whatever its domain scope:
+    // owner_prod is org-wide on domains but not for organisation endpoints.
+    admitted(
+        &send(&gw, with_key("GET", "/domains/101", &s.owner_prod)),
+        "domains",
+        "GET",
+        "/domains/101",
+    );
+    for (method, path) in [
+        ("POST", "/domains"),
+        ("GET", "/account"),
+        ("GET", "/senders/3"),
+        ("PUT", "/templates/push"),
+    ] {
+        refused(
+            &send(&gw, with_key(method, path, &s.owner_prod)),
+            403,
+            "org_wide_key_required",
+        );
+    }
+    // Domain keys and Server Viewers without a token: organisation-level.
+    refused(
+        &send(&gw, with_key("GET", "/servers/11", &s.sv_domains)),
+        403,
+        "org_wide_key_required",
+    );
+    refused(
+        &send(&gw, with_key("GET", "/servers/11", &k.dev)),
+        403,
+        "org_wide_key_required",
+    );
+}
+
+fn email(from: &str) -> serde_json::Value {
+    json!({"From": from, "To": "r@recipient.test", "Subject": "s", "TextBody": "t"})
+}
+
+#[test]
+fn sends_through_a_server_token_need_write_on_the_server_and_every_from_domain() {
+    let gw = TestGateway::start();
+    let (k, s) = servers(&gw);
+    let post = |path: &str, key: &str, body: serde_json::Value| {
+        send(&gw, with_key("POST", path, key).json(&body))
+    };
+    admitted(
+        &post("/email", &s.sa_prod, email("sa@staging.example.com")),
+        "sending",
+        "POST",
+        "/email",
+    );
+    admitted(
+        &post("/email", &s.owner_prod, email("ceo@example.com")),
+        "sending",
+        "POST",
+        "/email",
+    );
+    let batch = json!([
+        email("a@staging.example.com"),
+        email("b@staging.example.com")
+    ]);
+    admitted(
+        &post("/email/batch", &s.sa_prod, batch.clone()),
+        "sending",
+        "POST",
+        "/email/batch",
+    );
+    // Write on the server but not on the From domain.
+    refused(
+        &post("/email", &s.sa_prod, email("ceo@example.com")),
+        422,
+        "sender_not_allowed",
+    );
+    let mixed = json!([email("a@staging.example.com"), email("b@example.com")]);
+    refused(
+        &post("/email/batch", &s.sa_prod, mixed),
+        422,
+        "sender_not_allowed",
+    );
+    // Write on the From domain but read-only on the server.
+    refused(
+        &post("/email", &s.sa_prod_read, email("sa@staging.example.com")),
+        403,
+        "read_only",
+    );
+    refused(
+        &post("/email/batch", &s.sa_prod_read, batch),
+        403,
+        "read_only",
+    );
+    refused(
+        &post("/email", &s.admin_staging_read, email("ceo@example.com")),
+        403,
+        "read_only",
+    );
+    // Keys bound to no server send as before: by the From domains alone.
+    admitted(
+        &post("/email", &k.dev, email("dev@staging.example.com")),
+        "sending",
+        "POST",
+        "/email",
+    );
+    admitted(
+        &post("/email", &s.sv_domains, email("sv@client-a.com")),
+        "sending",
+        "POST",
+        "/email",
+    );
+    let seen = gw.sending.requests();
+    let servers: Vec<&str> = seen
+        .iter()
+        .map(|r| r.header("x-scopegate-server").unwrap())
+        .collect();
+    assert_eq!(servers, ["prod", "prod", "prod", "", ""]);
+}
+
+#[test]
+fn demoting_or_unassigning_the_creator_or_deleting_the_server_changes_keys_on_the_next_request() {
+    use scopegate_keystore::{Access, Role, UserInput};
+    use std::collections::BTreeMap;
+    let gw = TestGateway::start();
+    let (k, s) = servers(&gw);
+    let sa = |servers: &[(&str, Access)]| {
+        let input = UserInput {
+            role: Role::Member,
+            access: BTreeMap::from([("staging.example.com".to_string(), Access::ReadWrite)]),
+            status: None,
+        };
+        let map = servers.iter().map(|(n, a)| (n.to_string(), *a)).collect();
+        gw.keystore
+            .put_user_with_servers("t", "acme", "sa@example.com", input, Some(map))
+            .unwrap();
+    };
+    let get = |key: &str| send(&gw, with_key("GET", "/messages/outbound", key));
+    let put = |key: &str| send(&gw, with_key("PUT", "/server", key));
+    let mail = |key: &str| {
+        send(
+            &gw,
+            with_key("POST", "/email", key).json(&email("sa@staging.example.com")),
+        )
+    };
+    admitted(&put(&s.sa_prod), "sending", "PUT", "/server");
+
+    // Server Admin -> Server Viewer on prod: the key's writes stop at once.
+    sa(&[("prod", Access::Read)]);
+    admitted(&get(&s.sa_prod), "sending", "GET", "/messages/outbound");
+    refused(&put(&s.sa_prod), 403, "read_only");
+    refused(&mail(&s.sa_prod), 403, "read_only");
+    // Promoted back: the key is what it was.
+    sa(&[("prod", Access::ReadWrite)]);
+    admitted(&put(&s.sa_prod), "sending", "PUT", "/server");
+    admitted(&mail(&s.sa_prod), "sending", "POST", "/email");
+    // Unassigned from prod: nothing on it, reads included.
+    sa(&[("staging", Access::Read)]);
+    for o in [get(&s.sa_prod), put(&s.sa_prod), mail(&s.sa_prod)] {
+        refused(&o, 403, "server_not_visible");
+    }
+    refused(&get(&s.sa_prod_read), 403, "server_not_visible");
+    // The server deleted: its tokens grant nothing on server routes.
+    let deleted = gw.keystore.delete_server("t", "acme", "staging").unwrap();
+    assert_eq!(deleted.value, 1, "one live key was bound to staging");
+    refused(&get(&s.admin_staging_read), 403, "server_not_visible");
+    // Others are untouched.
+    admitted(&get(&s.owner_prod), "sending", "GET", "/messages/outbound");
+    // The creator deactivated: every key of theirs is dead, bound or not.
+    gw.keystore
+        .deactivate_user("t", "acme", "owner@acme.test")
+        .unwrap_err(); // the last owner stays
+    gw.keystore
+        .deactivate_user("t", "acme", "sa@example.com")
+        .unwrap();
+    refused(&get(&s.sa_prod), 401, "invalid_api_key");
+    let _ = k;
+}
+
+#[test]
+fn a_creator_unassigned_while_a_send_uploads_is_refused_after_the_body() {
+    use scopegate_keystore::{Access, Role, UserInput};
+    use scopegate_suite::http::Conn;
+    let gw = TestGateway::start_with(|c| {
+        c.limits.body_read_timeout = std::time::Duration::from_secs(10)
+    });
+    let (_, s) = servers(&gw);
+    let body = email("sa@staging.example.com").to_string();
+    let mut c = Conn::open(gw.proxy);
+    c.write_raw(
+        format!(
+            "POST /email HTTP/1.1\r\nHost: t\r\nX-Postmark-Server-Token: {}\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            s.sa_prod,
+            body.len()
+        )
+        .as_bytes(),
+    );
+    // 100 Continue: the head, server included, was admitted.
+    assert_eq!(c.read_interim(), 100);
+    let input = UserInput {
+        role: Role::Member,
+        access: [("staging.example.com".to_string(), Access::ReadWrite)].into(),
+        status: None,
+    };
+    gw.keystore
+        .put_user_with_servers(
+            "t",
+            "acme",
+            "sa@example.com",
+            input,
+            Some(Default::default()),
+        )
+        .unwrap();
+    c.write_raw(body.as_bytes());
+    let r = c.read_response(false);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "server_not_visible")
+    );
+    assert_eq!(gw.sending.count(), 0);
+}

@@ -39,8 +39,12 @@ pub struct Ctx {
     /// Identity header values to add upstream, in the order of the names in
     /// [`crate::request::routing::Identity`]; an `Err` when a value cannot be a header
     /// value (the request then fails rather than reach the upstream without it).
-    pub identity:
-        Option<std::result::Result<[http::HeaderValue; 6], http::header::InvalidHeaderValue>>,
+    pub identity: Option<
+        std::result::Result<
+            [http::HeaderValue; crate::request::routing::IDENTITY_HEADERS],
+            http::header::InvalidHeaderValue,
+        >,
+    >,
     /// The path and query the upstream receives: the canonical form checked.
     pub upstream_uri: Option<String>,
     /// Request body bytes read while inspecting it.

@@ -59,6 +59,16 @@ fn refuse_scope(r: Refusal, server: bool) -> Verdict {
         Refusal::OrgWideRequired => {
             Verdict::Refuse(Reply::OrgWideRequired, Outcome::Forbidden, Some(r.as_str()))
         }
+        Refusal::ServerKeyRequired => Verdict::Refuse(
+            Reply::ServerKeyRequired,
+            Outcome::Forbidden,
+            Some(r.as_str()),
+        ),
+        Refusal::ServerNotVisible => Verdict::Refuse(
+            Reply::ServerNotVisible,
+            Outcome::Forbidden,
+            Some(r.as_str()),
+        ),
         _ => Verdict::Refuse(Reply::NotFound, Outcome::NotFound, Some(r.as_str())),
     }
 }
@@ -83,6 +93,14 @@ fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64) {
         let scope = value(&mut buf)?;
         let _ = write!(buf, "{version}");
         let version = value(&mut buf)?;
+        // The bound server (a server token), empty when none.
+        let server = match p.server() {
+            None => HeaderValue::from_static(""),
+            Some(s) => {
+                buf.extend_from_slice(s.as_bytes());
+                value(&mut buf)?
+            }
+        };
         Ok([
             key,
             org,
@@ -90,6 +108,7 @@ fn admit(ctx: &mut Ctx, p: &Principal<'_>, version: u64) {
             HeaderValue::from_static(p.role().as_str()),
             scope,
             version,
+            server,
         ])
     })();
     ctx.identity = Some(values);
@@ -260,18 +279,20 @@ pub fn decide_head(
                 }
                 _ => return Err(refuse_scope(Refusal::NotVisible, false)),
             },
-            // No key is bound to a server before the keystore has servers.
-            RouteTarget::Server => {
-                return Err(Verdict::Refuse(
-                    Reply::ServerKeyRequired,
-                    Outcome::Forbidden,
-                    Some("server_key_required"),
-                ))
-            }
+            RouteTarget::Server => Some(Target::Server(need)),
             RouteTarget::ServerId => match m.captured.and_then(server_id) {
-                Some(_) => Some(Target::Organisation),
+                Some(id) => Some(Target::ServerById(id, need)),
                 None => return Err(refuse_scope(Refusal::NotVisible, true)),
             },
+            // A send through a server token needs write on its server too;
+            // refused here before any body is read, and checked again once
+            // it has arrived.
+            RouteTarget::Sender(_) if principal.server().is_some() => {
+                principal
+                    .authorize(Target::Server(Access::ReadWrite))
+                    .map_err(|r| refuse_scope(r, true))?;
+                None
+            }
             // Decided once the body has arrived.
             RouteTarget::Sender(_) => None,
             RouteTarget::Public => unreachable!("public routes return above"),
@@ -440,6 +461,12 @@ pub fn check_senders(
     let principal = snap
         .authenticate(key, scopegate_keystore::time::now())
         .map_err(|r| refuse_key(metrics, r))?;
+    // A server token needs write on its server, per the snapshot current now.
+    if principal.server().is_some() {
+        principal
+            .authorize(Target::Server(Access::ReadWrite))
+            .map_err(|r| refuse_scope(r, true))?;
+    }
     let batch = !matches!(spec.messages, scopegate_config::Messages::Single);
     for (i, d) in domains.iter().enumerate() {
         if principal

@@ -250,7 +250,7 @@ mod tests {
         req
     }
 
-    fn identity() -> [HeaderValue; 6] {
+    fn identity() -> [HeaderValue; crate::request::routing::IDENTITY_HEADERS] {
         [
             "key_00000000000000ff",
             "acme",
@@ -258,6 +258,7 @@ mod tests {
             "member",
             "example.com=read_write",
             "42",
+            "",
         ]
         .map(HeaderValue::from_static)
     }
@@ -292,7 +293,7 @@ mod tests {
         let wire = wire(&req);
         assert!(!wire.contains("sg_secret"), "{wire}");
         assert!(!wire.contains("forged"), "{wire}");
-        assert_eq!(wire.matches("x-scopegate-").count(), 6, "{wire}");
+        assert_eq!(wire.matches("x-scopegate-").count(), 7, "{wire}");
         assert!(wire.contains("Host: api.example\r\n"), "{wire}");
     }
 

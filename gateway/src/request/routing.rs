@@ -44,23 +44,28 @@ pub struct RouteEntry {
     pub metrics: RouteMetrics,
 }
 
+/// How many identity headers the gateway adds.
+pub const IDENTITY_HEADERS: usize = 7;
+
 /// The identity headers the gateway adds, named once per configuration so
 /// no request formats them.
 pub struct Identity {
-    /// `…Key-Id`, `…Org`, `…User`, `…Role`, `…Scope`, `…Version` with the
-    /// configured prefix, in the configured case (for display).
-    pub names: [bytes::Bytes; 6],
+    /// `…Key-Id`, `…Org`, `…User`, `…Role`, `…Scope`, `…Version`, `…Server`
+    /// with the configured prefix, in the configured case (for display).
+    pub names: [bytes::Bytes; IDENTITY_HEADERS],
     /// The same names parsed, as the upstream request carries them (header
     /// names are case-insensitive; HTTP/1 writes these in lowercase).
-    pub header_names: [http::HeaderName; 6],
+    pub header_names: [http::HeaderName; IDENTITY_HEADERS],
     /// The prefix in lowercase, for stripping incoming headers.
     pub prefix_lower: String,
 }
 
 impl Identity {
     fn new(prefix: &str) -> Identity {
-        let names = ["Key-Id", "Org", "User", "Role", "Scope", "Version"]
-            .map(|s| bytes::Bytes::from(format!("{prefix}{s}")));
+        let names = [
+            "Key-Id", "Org", "User", "Role", "Scope", "Version", "Server",
+        ]
+        .map(|s| bytes::Bytes::from(format!("{prefix}{s}")));
         Identity {
             // The config validates the prefix as a header-name token.
             header_names: names.clone().map(|n| {
