@@ -470,3 +470,396 @@ fn the_python_client_gets_through_what_its_key_allows_and_client_errors_with_cod
     let results = run_python(&gw, &calls);
     check(&gw, &cases, &results);
 }
+
+/// Server tokens beside the sample organisation: servers `prod` (id 11)
+/// and `staging` (12); sa@example.com is Server Admin on prod. Returns
+/// (sa's key bound to prod, sa's read-only key bound to prod).
+fn server_tokens(gw: &TestGateway) -> (String, String) {
+    use scopegate_keystore::{Access, NewKey, Role, UserInput};
+    let ks = &gw.keystore;
+    ks.put_server("t", "acme", "prod", 11).unwrap();
+    ks.put_server("t", "acme", "staging", 12).unwrap();
+    let input = UserInput {
+        role: Role::Member,
+        access: [("staging.example.com".to_string(), Access::ReadWrite)].into(),
+        status: None,
+    };
+    let servers = [("prod".to_string(), Access::ReadWrite)].into();
+    ks.put_user_with_servers("t", "acme", "sa@example.com", input, Some(servers))
+        .unwrap();
+    let key = |access| {
+        let k = NewKey {
+            user: "sa@example.com".into(),
+            server: Some("prod".into()),
+            server_access: Some(access),
+            ..NewKey::default()
+        };
+        let now = scopegate_keystore::time::now();
+        ks.create_key("t", "acme", k, now).unwrap().value.secret
+    };
+    (key(Access::ReadWrite), key(Access::Read))
+}
+
+#[test]
+fn the_node_clients_server_and_account_calls_follow_server_tokens() {
+    let gw = TestGateway::start_with(|c| c.response_format = ResponseFormat::Postmark);
+    let keys = sample::setup(&gw.keystore);
+    let (sa, sa_read) = server_tokens(&gw);
+    let page = json!([{"count": 10, "offset": 0}]);
+    let template = json!([{"Name": "t", "Subject": "s", "TextBody": "b"}]);
+    let mut cases: Vec<(Value, Expect)> = vec![
+        // A Server Admin's server token: the server API, and sends from
+        // domains the key writes.
+        (
+            call("server", &sa, "getServer", json!([])),
+            Ok(("GET", "/server")),
+        ),
+        (
+            call("server", &sa, "editServer", json!([{"Name": "prod"}])),
+            Ok(("PUT", "/server")),
+        ),
+        (
+            call("server", &sa, "getDeliveryStatistics", json!([])),
+            Ok(("GET", "/deliveryStats")),
+        ),
+        (
+            call("server", &sa, "getBounces", page.clone()),
+            Ok(("GET", "/bounces")),
+        ),
+        (
+            call("server", &sa, "getOutboundMessages", page.clone()),
+            Ok(("GET", "/messages/outbound")),
+        ),
+        (
+            call("server", &sa, "getTemplates", page.clone()),
+            Ok(("GET", "/templates")),
+        ),
+        (
+            call("server", &sa, "createTemplate", template.clone()),
+            Ok(("POST", "/templates/")),
+        ),
+        (
+            call("server", &sa, "getOutboundOverview", json!([{}])),
+            Ok(("GET", "/stats/outbound")),
+        ),
+        (
+            call("server", &sa, "getWebhooks", json!([{}])),
+            Ok(("GET", "/webhooks")),
+        ),
+        (
+            call("server", &sa, "getMessageStreams", json!([{}])),
+            Ok(("GET", "/message-streams")),
+        ),
+        (
+            call("server", &sa, "getSuppressions", json!(["outbound", {}])),
+            Ok(("GET", "/message-streams/outbound/suppressions/dump")),
+        ),
+        (
+            call("server", &sa, "getInboundRuleTriggers", page.clone()),
+            Ok(("GET", "/triggers/inboundRules")),
+        ),
+        (
+            call(
+                "server",
+                &sa,
+                "sendEmail",
+                json!([email("sa@staging.example.com")]),
+            ),
+            Ok(("POST", "/email")),
+        ),
+        // Its account-level calls: its own server by id, sender signatures
+        // on its domains.
+        (
+            call("account", &sa, "getServer", json!([11])),
+            Ok(("GET", "/servers/11")),
+        ),
+        (
+            call("account", &sa, "getSenderSignatures", page.clone()),
+            Ok(("GET", "/senders")),
+        ),
+        (
+            call(
+                "account",
+                &sa,
+                "createSenderSignature",
+                json!([{"FromEmail": "sa@staging.example.com", "Name": "SA"}]),
+            ),
+            Ok(("POST", "/senders/")),
+        ),
+        // A read-only server token reads.
+        (
+            call("server", &sa_read, "getServer", json!([])),
+            Ok(("GET", "/server")),
+        ),
+        (
+            call("server", &sa_read, "getTemplates", page.clone()),
+            Ok(("GET", "/templates")),
+        ),
+        // The Account Owner's account token on the account API.
+        (
+            call("account", &keys.owner, "getServers", page.clone()),
+            Ok(("GET", "/servers")),
+        ),
+        (
+            call("account", &keys.owner, "getServer", json!([12])),
+            Ok(("GET", "/servers/12")),
+        ),
+        (
+            call(
+                "account",
+                &keys.owner,
+                "createServer",
+                json!([{"Name": "new"}]),
+            ),
+            Ok(("POST", "/servers")),
+        ),
+        (
+            call(
+                "account",
+                &keys.owner,
+                "editServer",
+                json!([12, {"Name": "stage"}]),
+            ),
+            Ok(("PUT", "/servers/12")),
+        ),
+        (
+            call("account", &keys.owner, "deleteServer", json!([12])),
+            Ok(("DELETE", "/servers/12")),
+        ),
+        (
+            call("account", &keys.owner, "getSenderSignature", json!([3])),
+            Ok(("GET", "/senders/3")),
+        ),
+        (
+            call(
+                "account",
+                &keys.owner,
+                "pushTemplates",
+                json!([{"SourceServerID": 11, "DestinationServerID": 12, "PerformChanges": false}]),
+            ),
+            Ok(("PUT", "/templates/push")),
+        ),
+        (
+            call(
+                "account",
+                &keys.owner,
+                "requestDataRemoval",
+                json!([{"RequestedBy": "a@b.test", "RequestedFor": "c@d.test", "NotifyWhenCompleted": false}]),
+            ),
+            Ok(("POST", "/data-removals")),
+        ),
+    ];
+    // Refused by the gateway, typed by the client, never upstream.
+    let wrong_kind = Err(("UnknownError", 10, 403));
+    let read_only = Err(("UnknownError", 0, 403));
+    cases.extend([
+        (
+            call("server", &sa_read, "editServer", json!([{"Name": "x"}])),
+            read_only,
+        ),
+        (
+            call("server", &sa_read, "createTemplate", template.clone()),
+            read_only,
+        ),
+        (
+            call(
+                "server",
+                &sa_read,
+                "sendEmail",
+                json!([email("sa@staging.example.com")]),
+            ),
+            read_only,
+        ),
+        (
+            call(
+                "server",
+                &sa,
+                "sendEmail",
+                json!([email("ceo@example.com")]),
+            ),
+            Err(("ApiInputError", 400, 422)),
+        ),
+        // Account tokens (bound to no server) on the server API.
+        (
+            call("server", &keys.owner, "getServer", json!([])),
+            wrong_kind,
+        ),
+        (
+            call("server", &keys.dev, "getBounces", page.clone()),
+            wrong_kind,
+        ),
+        // A server token on the account API, beyond its own server.
+        (call("account", &sa, "getServer", json!([12])), wrong_kind),
+        (call("account", &sa, "getServers", page.clone()), wrong_kind),
+        (
+            call("account", &sa, "editServer", json!([11, {"Name": "x"}])),
+            wrong_kind,
+        ),
+        (
+            call("account", &sa, "getSenderSignature", json!([3])),
+            wrong_kind,
+        ),
+        (
+            call(
+                "account",
+                &sa,
+                "pushTemplates",
+                json!([{"SourceServerID": 11, "DestinationServerID": 12, "PerformChanges": false}]),
+            ),
+            wrong_kind,
+        ),
+        (
+            call(
+                "account",
+                &scopegate_keystore::secret::generate(),
+                "getServers",
+                json!([]),
+            ),
+            Err(("InvalidAPIKeyError", 10, 401)),
+        ),
+    ]);
+    let calls: Vec<Value> = cases.iter().map(|(c, _)| c.clone()).collect();
+    let results = run(&gw, &calls);
+    check(&gw, &cases, &results);
+}
+
+#[test]
+fn the_python_clients_server_calls_follow_server_tokens() {
+    let gw = TestGateway::start_with(|c| c.response_format = ResponseFormat::Postmark);
+    let keys = sample::setup(&gw.keystore);
+    let (sa, sa_read) = server_tokens(&gw);
+    let none = json!({});
+    let no = json!([]);
+    const E: &str = "ClientError";
+    let cases: Vec<(Value, Expect)> = vec![
+        (
+            py("server", &sa, "server.get", no.clone(), none.clone()),
+            Ok(("GET", "/server")),
+        ),
+        (
+            py(
+                "server",
+                &sa,
+                "server.edit",
+                no.clone(),
+                json!({"Name": "prod"}),
+            ),
+            Ok(("PUT", "/server")),
+        ),
+        (
+            py(
+                "server",
+                &sa,
+                "bounces.deliverystats",
+                no.clone(),
+                none.clone(),
+            ),
+            Ok(("GET", "/deliverystats")),
+        ),
+        (
+            py("server", &sa, "bounces.get", json!([42]), none.clone()),
+            Ok(("GET", "/bounces/42")),
+        ),
+        (
+            py("server", &sa, "stats.overview", no.clone(), none.clone()),
+            Ok(("GET", "/stats/outbound")),
+        ),
+        (
+            py("server", &sa, "templates.get", json!([5]), none.clone()),
+            Ok(("GET", "/templates/5")),
+        ),
+        (
+            py(
+                "server",
+                &sa,
+                "templates.create",
+                no.clone(),
+                json!({"Name": "t", "Subject": "s", "TextBody": "b"}),
+            ),
+            Ok(("POST", "/templates")),
+        ),
+        (
+            py(
+                "server",
+                &sa,
+                "emails.send",
+                no.clone(),
+                json!({"From": "sa@staging.example.com", "To": "r@x.test", "Subject": "s", "TextBody": "t"}),
+            ),
+            Ok(("POST", "/email")),
+        ),
+        (
+            py(
+                "account",
+                &sa,
+                "senders.create",
+                no.clone(),
+                json!({"FromEmail": "sa@staging.example.com", "Name": "SA"}),
+            ),
+            Ok(("POST", "/senders/")),
+        ),
+        (
+            py("server", &sa_read, "server.get", no.clone(), none.clone()),
+            Ok(("GET", "/server")),
+        ),
+        // Refused: a read-only token writing, an account token on the
+        // server API, a server token on the account API beyond its server.
+        (
+            py(
+                "server",
+                &sa_read,
+                "server.edit",
+                no.clone(),
+                json!({"Name": "x"}),
+            ),
+            Err((E, 0, 403)),
+        ),
+        (
+            py(
+                "server",
+                &sa_read,
+                "emails.send",
+                no.clone(),
+                json!({"From": "sa@staging.example.com", "To": "r@x.test", "Subject": "s", "TextBody": "t"}),
+            ),
+            Err((E, 0, 403)),
+        ),
+        (
+            py(
+                "server",
+                &keys.owner,
+                "server.get",
+                no.clone(),
+                none.clone(),
+            ),
+            Err((E, 10, 403)),
+        ),
+        (
+            py(
+                "server",
+                &keys.dev,
+                "stats.overview",
+                no.clone(),
+                none.clone(),
+            ),
+            Err((E, 10, 403)),
+        ),
+        (
+            py("account", &sa, "senders.get", json!([3]), none.clone()),
+            Err((E, 10, 403)),
+        ),
+        (
+            py(
+                "account",
+                &sa,
+                "domains.create",
+                no.clone(),
+                json!({"Name": "n.example"}),
+            ),
+            Err((E, 10, 403)),
+        ),
+    ];
+    let calls: Vec<Value> = cases.iter().map(|(c, _)| c.clone()).collect();
+    let results = run_python(&gw, &calls);
+    check(&gw, &cases, &results);
+}
