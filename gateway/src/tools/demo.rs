@@ -1005,6 +1005,7 @@ impl Demo {
         );
         if let Some(pm) = self.postmark_proxy {
             say!("   export POSTMARK_PROXY={pm}   # the same keys, answers in Postmark's format");
+            say!("   # Node: new (require(\"postmark\").AccountClient)(process.env.OWNER_KEY, {{useHttps: false, requestHost: process.env.POSTMARK_PROXY}}).getDomains()");
         }
         say!(
             "   export OWNER_KEY={}   # owner@acme.test, org-wide",
