@@ -108,7 +108,7 @@ fn orgs_are_created_with_201_and_updated_with_200() {
     );
     assert_eq!(
         r.json(),
-        json!({"org": "globex", "domains": [{"name": "globex.test"}, {"name": "new.globex.test"}]})
+        json!({"org": "globex", "domains": [{"name": "globex.test"}, {"name": "new.globex.test"}], "servers": []})
     );
     assert_eq!(status(&gw)["orgs"], 3);
 }
@@ -130,7 +130,7 @@ fn users_are_created_with_201_updated_with_200_and_listed() {
     assert_eq!(
         r.json(),
         json!({"org": "acme", "user": "new.person@example.com", "role": "member", "status": "active",
-               "access": {"example.com": "read", "staging.example.com": "read_write"}, "version": v1})
+               "access": {"example.com": "read", "staging.example.com": "read_write"}, "servers": {}, "version": v1})
     );
     let r = call(
         &gw,

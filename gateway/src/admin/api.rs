@@ -15,106 +15,17 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use scopegate_keystore::time::now;
-use scopegate_keystore::{
-    DomainInput, Error as KsError, ErrorKind, KeyPatch, KeyStore, NewKey, RateLimit, UserInput,
-};
-use serde::Deserialize;
+use scopegate_keystore::{DomainInput, KeyPatch, NewKey, RateLimit, UserInput};
 use serde_json::{json, Value};
 
+use crate::admin::answer::{audit, audit_with, blocking, parse_body, response, text, Answer};
 use crate::admin::bodies::{DomainSpec, KeyBody, OrgBody, PatchBody, RotateBody, UserBody};
-use crate::request::respond::error_json;
 use crate::request::state::State;
 
 /// The admin service.
 pub struct AdminApp {
     /// Shared gateway state.
     pub state: Arc<State>,
-}
-
-/// An admin answer: status, JSON body (or none), the snapshot version a
-/// change published, and which store failure it reports (for metrics).
-struct Answer {
-    status: StatusCode,
-    body: Option<Value>,
-    version: Option<u64>,
-    store: Option<&'static str>,
-}
-
-impl Answer {
-    fn json(status: StatusCode, body: Value) -> Answer {
-        Answer {
-            status,
-            body: Some(body),
-            version: None,
-            store: None,
-        }
-    }
-    fn error(status: StatusCode, code: &str, message: impl AsRef<str>) -> Answer {
-        Answer::json(status, error_json(code, message.as_ref()))
-    }
-    fn versioned(mut self, version: u64) -> Answer {
-        self.version = Some(version);
-        if let Some(Value::Object(m)) = &mut self.body {
-            m.insert("version".into(), json!(version));
-        }
-        self
-    }
-}
-
-impl From<KsError> for Answer {
-    fn from(e: KsError) -> Answer {
-        let status = match e.kind {
-            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::Conflict => StatusCode::CONFLICT,
-            ErrorKind::Rule => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorKind::Store => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        let mut a = Answer::error(status, e.code, &e.message);
-        a.store = e.store;
-        a
-    }
-}
-
-fn response(a: Answer) -> Response<Vec<u8>> {
-    let body = a
-        .body
-        .map(|b| {
-            let mut v = serde_json::to_vec(&b).expect("JSON values serialise");
-            v.push(b'\n');
-            v
-        })
-        .unwrap_or_default();
-    let mut r = Response::builder()
-        .status(a.status)
-        .header("Cache-Control", "no-store");
-    // A 204 has no body and must not say it has one (RFC 9110 §8.6).
-    if a.status != StatusCode::NO_CONTENT {
-        r = r.header("Content-Length", body.len().to_string());
-    }
-    if !body.is_empty() {
-        r = r.header("Content-Type", "application/json");
-    }
-    if let Some(v) = a.version {
-        r = r.header("X-Scopegate-Version", v.to_string());
-    }
-    if a.status == StatusCode::SERVICE_UNAVAILABLE {
-        // The store is down or busy: nothing changed, and trying again works
-        // once it is back.
-        r = r.header("Retry-After", "1");
-    }
-    r.body(body).expect("valid response")
-}
-
-fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("Content-Type", content_type)
-        .header("Content-Length", body.len().to_string())
-        .header("Cache-Control", "no-store")
-        .body(body)
-        .expect("valid response")
 }
 
 /// The admin calls that take a JSON body.
@@ -132,6 +43,8 @@ pub enum BodyCall {
     PatchKey,
     /// `PUT /v1/orgs/{org}/rate_limit`.
     OrgRateLimit,
+    /// `PUT /v1/orgs/{org}/servers/{server}`.
+    PutServer,
 }
 
 /// Parses `body` as `call` does, without acting on it: `Err` carries the
@@ -147,25 +60,9 @@ pub fn parse_call_body(call: BodyCall, body: &[u8]) -> Result<(), (u16, Value)> 
         BodyCall::RotateKey => parse_body::<RotateBody>(body).map(drop),
         BodyCall::PatchKey => parse_body::<PatchBody>(body).map(drop),
         BodyCall::OrgRateLimit => parse_body::<RateLimit>(body).map(drop),
+        BodyCall::PutServer => parse_body::<crate::admin::bodies::ServerBody>(body).map(drop),
     }
     .map_err(refused)
-}
-
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
-    if body.is_empty() {
-        return Err(Answer::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "a JSON body is required",
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        Answer::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("invalid request body: {e}"),
-        )
-    })
 }
 
 /// Constant-time token check; returns the token's name (the audit actor).
@@ -200,23 +97,8 @@ fn authenticate<'a>(state: &'a State, header: Option<&[u8]>) -> Result<&'a str, 
     })
 }
 
-/// Runs a blocking key store call off the async workers.
-async fn blocking<T: Send + 'static>(
-    ks: &Arc<KeyStore>,
-    f: impl FnOnce(&KeyStore) -> T + Send + 'static,
-) -> T {
-    let ks = Arc::clone(ks);
-    tokio::task::spawn_blocking(move || f(&ks))
-        .await
-        .expect("key store call panicked")
-}
-
-fn audit(actor: &str, kind: &str, subject: &str, version: u64) {
-    log::info!(target: "scopegate::audit", "actor={actor} change={kind} subject={subject} version={version}");
-}
-
 impl AdminApp {
-    fn count(&self, kind: &str, result: &Result<Answer, Answer>) {
+    pub(super) fn count(&self, kind: &str, result: &Result<Answer, Answer>) {
         let label = match result {
             Ok(_) => "ok",
             Err(a) if a.status.is_server_error() => "error",
@@ -301,8 +183,12 @@ impl AdminApp {
                                     StatusCode::OK
                                 };
                                 let domains = ks.org_domains(&org).unwrap_or_default();
-                                Answer::json(status, json!({"org": org, "domains": domains}))
-                                    .versioned(applied.version)
+                                let servers = ks.org_servers(&org).unwrap_or_default();
+                                Answer::json(
+                                    status,
+                                    json!({"org": org, "domains": domains, "servers": servers}),
+                                )
+                                .versioned(applied.version)
                             })
                         })
                         .await
@@ -315,10 +201,25 @@ impl AdminApp {
             (&Method::GET, ["orgs", org]) => {
                 let org = org.to_string();
                 ks.org_domains(&org)
-                    .map(|domains| {
-                        Answer::json(StatusCode::OK, json!({"org": org, "domains": domains}))
+                    .and_then(|domains| Ok((domains, ks.org_servers(&org)?)))
+                    .map(|(domains, servers)| {
+                        Answer::json(
+                            StatusCode::OK,
+                            json!({"org": org, "domains": domains, "servers": servers}),
+                        )
                     })
                     .map_err(Answer::from)
+            }
+            (&Method::GET, ["orgs", org, "servers"]) => crate::admin::servers::list(ks, org),
+            (&Method::PUT, ["orgs", org, "servers", server]) => {
+                let r = crate::admin::servers::put(ks, org, server, body, &actor).await;
+                self.count("put_server", &r);
+                r
+            }
+            (&Method::DELETE, ["orgs", org, "servers", server]) => {
+                let r = crate::admin::servers::delete(ks, org, server, &actor).await;
+                self.count("delete_server", &r);
+                r
             }
             (&Method::GET, ["orgs", org, "users"]) => {
                 let org = org.to_string();
@@ -327,7 +228,7 @@ impl AdminApp {
                     .map(|users| {
                         let users: Vec<Value> = users
                             .iter()
-                            .map(|u| json!({"user": u.id, "role": u.role, "status": u.status, "access": u.access}))
+                            .map(|u| json!({"user": u.id, "role": u.role, "status": u.status, "access": u.access, "servers": u.servers}))
                             .collect();
                         Answer::json(StatusCode::OK, json!({ "users": users }))
                     })
@@ -341,12 +242,17 @@ impl AdminApp {
                         let a2 = actor.clone();
                         blocking(ks, move |ks| {
                             let input = UserInput { role: b.role, access: b.access.clone(), status: b.status };
-                            ks.put_user(&a2, &org, &user, input).map(|applied| {
-                                audit(&a2, "put_user", &format!("{org}/{user}"), applied.version);
+                            ks.put_user_with_servers(&a2, &org, &user, input, b.servers.clone()).map(|applied| {
                                 let status = if applied.value { StatusCode::CREATED } else { StatusCode::OK };
-                                let u = ks.snapshot().user(&org, &user.to_lowercase()).map(|u| {
+                                let snap = ks.snapshot();
+                                let u = snap.user(&org, &user.to_lowercase());
+                                let servers: BTreeMap<String, _> = u.iter().flat_map(|u| u.servers.iter()).map(|(s, a)| (s.to_string(), *a)).collect();
+                                let detail = crate::admin::servers::levels_detail(&servers);
+                                audit_with(&a2, "put_user", &format!("{org}/{user}"), applied.version, &detail);
+                                let u = u.map(|u| {
                                     json!({"org": org, "user": &*u.id, "role": u.role, "status": u.status,
-                                           "access": u.access.iter().map(|(d, a)| (d.to_string(), *a)).collect::<BTreeMap<_, _>>()})
+                                           "access": u.access.iter().map(|(d, a)| (d.to_string(), *a)).collect::<BTreeMap<_, _>>(),
+                                           "servers": servers})
                                 });
                                 Answer::json(status, u.unwrap_or(Value::Null)).versioned(applied.version)
                             })
@@ -424,18 +330,19 @@ impl AdminApp {
                                 secret: b.secret,
                                 rate_limit: b.rate_limit,
                                 shadow: b.shadow,
-                                server: None,
-                                server_access: None,
+                                server: b.server,
+                                server_access: b.server_access,
                             };
                             let a2 = actor.clone();
                             blocking(ks, move |ks| {
                                 ks.create_key(&a2, &org, new, now()).map(|applied| {
                                     let c = applied.value;
-                                    audit(
+                                    audit_with(
                                         &a2,
                                         "create_key",
                                         &format!("{org}/{}", c.meta.id),
                                         applied.version,
+                                        &crate::admin::servers::binding_detail(&c.meta),
                                     );
                                     let mut v =
                                         serde_json::to_value(&c.meta).expect("metadata serialises");
@@ -493,11 +400,12 @@ impl AdminApp {
                             ks.rotate_key(&a2, &id, b.grace_seconds, now())
                                 .map(|applied| {
                                     let (new, old) = applied.value;
-                                    audit(
+                                    audit_with(
                                         &a2,
                                         "rotate_key",
                                         &format!("{id} -> {}", new.meta.id),
                                         applied.version,
+                                        &crate::admin::servers::binding_detail(&new.meta),
                                     );
                                     let mut v = serde_json::to_value(&new.meta)
                                         .expect("metadata serialises");

@@ -35,6 +35,9 @@ pub(crate) struct UserBody {
     pub(crate) access: BTreeMap<String, Access>,
     #[serde(default)]
     pub(crate) status: Option<Status>,
+    /// Member access to servers; absent keeps the current map.
+    #[serde(default)]
+    pub(crate) servers: Option<BTreeMap<String, Access>>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +61,20 @@ pub(crate) struct KeyBody {
     pub(crate) rate_limit: Option<RateLimit>,
     #[serde(default)]
     pub(crate) shadow: Option<BTreeMap<String, Access>>,
+    /// Bind the key to this server of the organisation.
+    #[serde(default)]
+    pub(crate) server: Option<String>,
+    /// The level the key grants on its server.
+    #[serde(default)]
+    pub(crate) server_access: Option<Access>,
+}
+
+/// `PUT /v1/orgs/{org}/servers/{server}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerBody {
+    /// The platform's numeric id of the server.
+    pub(crate) id: u64,
 }
 
 #[derive(Deserialize)]

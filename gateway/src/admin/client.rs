@@ -1,7 +1,7 @@
 //! `scopegate admin …`: the admin API from the shell.
 //!
-//! Every admin call has a command: organisations, users, keys, revocation,
-//! offboarding, status and reload. The token comes from
+//! Every admin call has a command: organisations, servers, users, keys,
+//! revocation, offboarding, status and reload. The token comes from
 //! `SCOPEGATE_ADMIN_TOKEN` only — never a flag, so it stays out of shell
 //! history and process lists — and is never printed.
 //!
@@ -66,6 +66,9 @@ pub enum AdminCommand {
     /// Organisations and their domains.
     #[command(subcommand)]
     Org(OrgCommand),
+    /// An organisation's servers (name and numeric id).
+    #[command(subcommand)]
+    Server(ServerCommand),
     /// Users: roles, per-domain access, deactivation.
     #[command(subcommand)]
     User(UserCommand),
@@ -109,6 +112,33 @@ pub enum OrgCommand {
         /// The limit of each key (not of all together).
         #[command(flatten)]
         limit: LimitArgs,
+    },
+}
+
+/// `scopegate admin server …`.
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Add a server to an organisation, or change its numeric id.
+    Put {
+        /// Organisation id.
+        org: String,
+        /// Server name (1-64 of a-z, 0-9, '.', '_', '-'; lowercased).
+        server: String,
+        /// The platform's numeric id of the server.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a server; keys bound to it stay and grant nothing on it.
+    Delete {
+        /// Organisation id.
+        org: String,
+        /// Server name.
+        server: String,
+    },
+    /// List an organisation's servers.
+    List {
+        /// Organisation id.
+        org: String,
     },
 }
 
@@ -157,6 +187,14 @@ pub enum UserCommand {
         /// Status; omitted = keep the current one (active for a new user).
         #[arg(long, value_enum)]
         status: Option<StatusArg>,
+        /// Member access to one server (read: Server Viewer, read_write:
+        /// Server Admin); repeat for each server. Replaces the current server
+        /// access; omitted keeps it.
+        #[arg(long = "server", value_name = "SERVER=read|read_write", value_parser = parse_server_level)]
+        servers: Vec<(String, String)>,
+        /// Remove every server access of the member.
+        #[arg(long, conflicts_with = "servers")]
+        no_servers: bool,
     },
     /// List an organisation's users.
     List {
@@ -205,6 +243,13 @@ pub enum KeyCommand {
         /// A label for the key.
         #[arg(long)]
         name: Option<String>,
+        /// Bind the key to this server (a server token); the user needs
+        /// read_write on it.
+        #[arg(long)]
+        server: Option<String>,
+        /// The key's level on its server (default read_write).
+        #[arg(long, value_name = "read|read_write", requires = "server", value_parser = ["read", "read_write"])]
+        server_access: Option<String>,
     },
     /// List an organisation's keys (metadata only).
     List {
@@ -312,6 +357,15 @@ fn parse_access(s: &str) -> Result<(String, String), String> {
             Ok((d.to_string(), level.to_string()))
         }
         _ => Err(format!("{s:?}: expected DOMAIN=read or DOMAIN=read_write")),
+    }
+}
+
+fn parse_server_level(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, level @ ("read" | "read_write"))) if !name.is_empty() => {
+            Ok((name.to_string(), level.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected SERVER=read or SERVER=read_write")),
     }
 }
 
@@ -702,10 +756,18 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
                 .map(|d| vec![str_of(&d["name"]), opt_num(&d["id"])])
                 .collect();
             if rows.is_empty() {
-                return writeln!(out, "org {} has no domains", str_of(&v["org"])).map_err(w);
+                writeln!(out, "org {} has no domains", str_of(&v["org"])).map_err(w)?;
+            } else {
+                table(out, &["DOMAIN", "ID"], &rows).map_err(w)?;
             }
-            table(out, &["DOMAIN", "ID"], &rows).map_err(w)
+            let servers = server_rows(&v["servers"]);
+            if !servers.is_empty() {
+                writeln!(out).map_err(w)?;
+                table(out, &["SERVER", "ID"], &servers).map_err(w)?;
+            }
+            Ok(())
         }
+        AdminCommand::Server(cmd) => server_command(c, cmd, json, out),
         AdminCommand::Org(OrgCommand::Limit { org, limit }) => {
             let path = format!("/v1/orgs/{}/rate_limit", enc(org));
             let reply = if limit.none {
@@ -732,9 +794,16 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
             role,
             access,
             status,
+            servers,
+            no_servers,
         }) => {
             let mut body = Map::new();
             body.insert("role".into(), json!(role.as_str()));
+            if !servers.is_empty() || *no_servers {
+                let map: Map<String, Value> =
+                    servers.iter().map(|(s, l)| (s.clone(), json!(l))).collect();
+                body.insert("servers".into(), Value::Object(map));
+            }
             let map: Map<String, Value> =
                 access.iter().map(|(d, l)| (d.clone(), json!(l))).collect();
             if !map.is_empty() {
@@ -840,9 +909,17 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
             read_only,
             expires_at,
             name,
+            server,
+            server_access,
         }) => {
             let mut body = Map::new();
             body.insert("user".into(), json!(user));
+            if let Some(s) = server {
+                body.insert("server".into(), json!(s));
+            }
+            if let Some(a) = server_access {
+                body.insert("server_access".into(), json!(a));
+            }
             if !domains.is_empty() {
                 body.insert("domains".into(), json!(domains));
             }
@@ -878,6 +955,9 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
             )
             .map_err(w)?;
             writeln!(out, "  scope:   {}", scope_text(&v)).map_err(w)?;
+            if !v["server"].is_null() {
+                writeln!(out, "  server:  {}", server_text(&v)).map_err(w)?;
+            }
             writeln!(out, "  expires: {}", or_never(&v["expires_at"])).map_err(w)?;
             if let Some(n) = v["name"].as_str() {
                 writeln!(out, "  name:    {n}").map_err(w)?;
@@ -929,6 +1009,7 @@ fn execute(c: &Client, args: &AdminArgs, out: Out<'_>) -> Result<(), Failure> {
                 ("user", str_of(&v["user"])),
                 ("state", str_of(&v["state"])),
                 ("scope", scope_text(&v)),
+                ("server", server_text(&v)),
                 ("name", v["name"].as_str().unwrap_or("-").to_string()),
                 ("created", str_of(&v["created_at"])),
                 ("expires", or_never(&v["expires_at"])),
@@ -1231,11 +1312,104 @@ fn pairs(v: &Value) -> String {
 /// A user's access as a summary.
 fn access_text(u: &Value) -> String {
     match u["role"].as_str() {
-        Some("owner" | "admin") => "read_write on every domain".into(),
-        _ => match pairs(&u["access"]).as_str() {
-            "-" => "no domain access".into(),
-            s => s.to_string(),
-        },
+        Some("owner" | "admin") => "read_write on every domain and server".into(),
+        _ => {
+            let domains = match pairs(&u["access"]).as_str() {
+                "-" => "no domain access".to_string(),
+                s => s.to_string(),
+            };
+            match pairs(&u["servers"]).as_str() {
+                "-" => domains,
+                s => format!("{domains}; servers {s}"),
+            }
+        }
+    }
+}
+
+/// A key's server binding: `prod (read_write)`, or `-`.
+fn server_text(k: &Value) -> String {
+    match k["server"].as_str() {
+        Some(s) => format!("{s} ({})", str_of(&k["server_access"])),
+        None => "-".into(),
+    }
+}
+
+/// Servers as table rows: name, id.
+fn server_rows(v: &Value) -> Vec<Vec<String>> {
+    array(v)
+        .iter()
+        .map(|s| vec![str_of(&s["name"]), opt_num(&s["id"])])
+        .collect()
+}
+
+/// `scopegate admin server …`.
+fn server_command(
+    c: &Client,
+    cmd: &ServerCommand,
+    json: bool,
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    let w = |e: std::io::Error| Failure::Local(anyhow!("writing output: {e}"));
+    let raw = |out: Out<'_>, raw: &[u8]| {
+        writeln!(out, "{}", String::from_utf8_lossy(raw).trim_end()).map_err(w)
+    };
+    match cmd {
+        ServerCommand::Put { org, server, id } => {
+            let reply = c.call(
+                "PUT",
+                &format!("/v1/orgs/{}/servers/{}", enc(org), enc(server)),
+                Some(&json!({ "id": id })),
+            )?;
+            let created = reply.status == 201;
+            let (v, version, body) = reply.ok()?;
+            if json {
+                return raw(out, &body);
+            }
+            writeln!(
+                out,
+                "{} server {} ({}) in {}{}",
+                if created { "created" } else { "updated" },
+                str_of(&v["server"]),
+                opt_num(&v["id"]),
+                str_of(&v["org"]),
+                enforced(version)
+            )
+            .map_err(w)
+        }
+        ServerCommand::Delete { org, server } => {
+            let (v, version, body) = c
+                .call(
+                    "DELETE",
+                    &format!("/v1/orgs/{}/servers/{}", enc(org), enc(server)),
+                    None,
+                )?
+                .ok()?;
+            if json {
+                return raw(out, &body);
+            }
+            writeln!(
+                out,
+                "deleted server {} from {}; {} bound to it now grant nothing on it{}",
+                str_of(&v["server"]),
+                str_of(&v["org"]),
+                plural(v["bound_keys"].as_u64().unwrap_or(0) as usize, "live key"),
+                enforced(version)
+            )
+            .map_err(w)
+        }
+        ServerCommand::List { org } => {
+            let (v, _, body) = c
+                .call("GET", &format!("/v1/orgs/{}/servers", enc(org)), None)?
+                .ok()?;
+            if json {
+                return raw(out, &body);
+            }
+            let rows = server_rows(&v["servers"]);
+            if rows.is_empty() {
+                return writeln!(out, "org {org} has no servers").map_err(w);
+            }
+            table(out, &["SERVER", "ID"], &rows).map_err(w)
+        }
     }
 }
 
@@ -1248,10 +1422,11 @@ fn limit_text(l: &Value) -> String {
 }
 
 fn scope_text(k: &Value) -> String {
-    if k["org_wide"] == true {
-        "org-wide (every domain and organisation endpoints)".into()
-    } else {
-        pairs(&k["domains"])
+    match (k["org_wide"] == true, k["server"].is_null()) {
+        (true, true) => "org-wide (every domain and organisation endpoints)".into(),
+        // A server token is never an account token.
+        (true, false) => "every domain".into(),
+        (false, _) => pairs(&k["domains"]),
     }
 }
 
@@ -1263,10 +1438,17 @@ fn key_table(out: Out<'_>, keys: &[Value]) -> std::io::Result<()> {
                 str_of(&k["id"]),
                 str_of(&k["user"]),
                 str_of(&k["state"]),
-                if k["org_wide"] == true {
-                    "org-wide".into()
-                } else {
-                    pairs(&k["domains"])
+                match (k["org_wide"] == true, k["server"].as_str()) {
+                    (true, None) => "org-wide".into(),
+                    (true, Some(s)) => {
+                        format!("every domain; server {s}={}", str_of(&k["server_access"]))
+                    }
+                    (false, None) => pairs(&k["domains"]),
+                    (false, Some(s)) => format!(
+                        "{}; server {s}={}",
+                        pairs(&k["domains"]),
+                        str_of(&k["server_access"])
+                    ),
                 },
                 or_never(&k["expires_at"]),
                 k["last_used_at"].as_str().unwrap_or("never").to_string(),

@@ -369,6 +369,8 @@ impl Metrics {
             "rotate_key",
             "update_key",
             "set_org_rate_limit",
+            "put_server",
+            "delete_server",
         ] {
             for result in ["ok", "rejected", "error"] {
                 admin_mutations.with_label_values(&[kind, result]);

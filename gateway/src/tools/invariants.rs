@@ -268,13 +268,14 @@ pub fn admin_body(data: &[u8]) {
     let Some((&pick, body)) = data.split_first() else {
         return;
     };
-    let call = match pick % 6 {
+    let call = match pick % 7 {
         0 => BodyCall::PutOrg,
         1 => BodyCall::PutUser,
         2 => BodyCall::CreateKey,
         3 => BodyCall::RotateKey,
         4 => BodyCall::PatchKey,
-        _ => BodyCall::OrgRateLimit,
+        5 => BodyCall::OrgRateLimit,
+        _ => BodyCall::PutServer,
     };
     if let Err((status, answer)) = parse_call_body(call, body) {
         assert_eq!(status, 400, "{call:?}: {answer}");
