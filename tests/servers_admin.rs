@@ -432,7 +432,21 @@ fn users_and_keys_carry_servers_and_changes_are_enforced_on_the_next_request() {
     let deleted = s.ok("DELETE", "/v1/orgs/acme/servers/prod", None);
     assert_eq!(deleted["bound_keys"], 2);
     assert_eq!(s.proxy("GET", "/server", &secret), 403, "server deleted");
+    // Added again: the member's access went with the old one.
     s.ok("PUT", "/v1/orgs/acme/servers/prod", Some(json!({"id": 11})));
+    let listed = s.ok("GET", "/v1/orgs/acme/users", None);
+    let dev_now = listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user"] == DEV);
+    assert_eq!(dev_now.unwrap()["servers"], json!({"staging": "read"}));
+    assert_eq!(s.proxy("GET", "/server", &secret), 403, "not the member's");
+    s.ok(
+        "PUT",
+        &dev,
+        Some(member(json!({"prod": "read_write", "staging": "read"}))),
+    );
 
     // Through the proxy, on the next request: a server token is never an
     // account token, whatever its domain scope; its domains work as declared.

@@ -132,8 +132,10 @@ fn servers_round_trip_and_a_follower_applies_their_changes() {
     a.put_server(ACTOR, ORG, "prod", 13).unwrap();
     a.put_server(ACTOR, ORG, "eu", 14).unwrap();
     assert_eq!(a.delete_server(ACTOR, ORG, "staging").unwrap().value, 1);
+    // Added again: the Server Viewer's access went with the old one.
+    a.put_server(ACTOR, ORG, "staging", 15).unwrap();
     let f = b.follow().unwrap();
-    assert_eq!((f.applied, f.reloaded), (4, false));
+    assert_eq!((f.applied, f.reloaded), (5, false));
     let decisions = matrix(&a, &secrets);
     assert_eq!(matrix(&b, &secrets), decisions);
     // The Viewer's read_write binding now reads only; by its new id.
@@ -147,11 +149,19 @@ fn servers_round_trip_and_a_follower_applies_their_changes() {
         .map(drop),
         Err(Refusal::ReadOnly)
     );
+    // The owner's key bound to staging sees the staging added again (an
+    // owner has every server); by its new id only.
     assert_eq!(
-        b.check(Some(&secrets[1]), Target::Server(Access::Read), NOW)
+        b.check(Some(&secrets[1]), Target::ServerById(15, Access::Read), NOW)
             .outcome
             .map(drop),
-        Err(Refusal::ServerNotVisible)
+        Ok(())
+    );
+    assert_eq!(
+        b.check(Some(&secrets[1]), Target::ServerById(12, Access::Read), NOW)
+            .outcome
+            .map(drop),
+        Err(Refusal::OrgWideRequired)
     );
     // A third instance, loaded from the tables, agrees; so do the records.
     let c = open(&url);
@@ -165,6 +175,12 @@ fn servers_round_trip_and_a_follower_applies_their_changes() {
         .filter_map(|k| Some((k.server.clone()?, k.server_access?)))
         .collect();
     assert_eq!(bound.len(), 3);
+    let dev = c
+        .list_users(ORG)
+        .unwrap()
+        .into_iter()
+        .find(|u| u.id == "dev@acme.test");
+    assert_eq!(dev.unwrap().servers, levels(&[("prod", Access::Read)]));
     assert!(bound.contains(&("staging".into(), Access::Read)));
 }
 

@@ -1299,9 +1299,11 @@ impl KeyStore {
         )
     }
 
-    /// Removes a server from an organisation. Keys bound to it stay (they
-    /// grant nothing on it from the next request on); `value` is how many
-    /// live keys are bound to it.
+    /// Removes a server from an organisation, and every member's access to
+    /// it (a server of the same name added later starts with none). Keys
+    /// bound to it stay (they grant nothing on it from the next request on;
+    /// those of owners and admins would see a server of that name added
+    /// again); `value` is how many live keys are bound to it.
     pub fn delete_server(
         &self,
         actor: &str,
@@ -1837,6 +1839,28 @@ fn apply(snap: &mut Snapshot, change: &Change, intern: &mut Interner) {
         }
         Change::DeleteServer { org, server } => {
             change_org(snap, org, |o| o.remove_server(server));
+            // Members lose their access to it, so a server of the same name
+            // added later starts with none.
+            let members: Vec<UserRecord> = snap
+                .all_users()
+                .filter(|u| &*u.org == org.as_str())
+                .filter(|u| u.servers.iter().any(|(s, _)| &**s == server.as_str()))
+                .map(|u| UserRecord {
+                    org: u.org.to_string(),
+                    id: u.id.to_string(),
+                    role: u.role,
+                    status: u.status,
+                    access: u.access.iter().map(|(d, a)| (d.to_string(), *a)).collect(),
+                    servers: server_map(u)
+                        .into_iter()
+                        .filter(|(s, _)| s != server)
+                        .collect(),
+                    uid: u.uid,
+                })
+                .collect();
+            for u in &members {
+                put_user_entry(snap, u, intern);
+            }
         }
     }
 }

@@ -558,6 +558,25 @@ impl PostgresStore {
                     "DELETE FROM servers WHERE org = $1 AND name = $2",
                     &[org, server],
                 )?;
+                // Members lose their access to it (a row that cannot be
+                // read back is left as it is: loading it fails loudly).
+                let members = c.query(
+                    "SELECT id, servers FROM users WHERE org = $1 AND servers IS NOT NULL",
+                    &[org],
+                )?;
+                for row in &members {
+                    let id: String = row.try_get(0)?;
+                    let text: String = row.try_get(1)?;
+                    let Ok(mut servers) = parse_access(&text) else {
+                        continue;
+                    };
+                    if servers.remove(server).is_some() {
+                        c.execute(
+                            "UPDATE users SET servers = $3 WHERE org = $1 AND id = $2",
+                            &[org, &id, &crate::sqlite::servers_json(&servers)],
+                        )?;
+                    }
+                }
             }
         }
         let v = version as i64;

@@ -921,6 +921,27 @@ impl Store for SqliteStore {
                     params![org, server],
                 )
                 .map_err(db)?;
+                let members: Vec<(String, String)> = {
+                    let mut stmt = tx
+                        .prepare(
+                            "SELECT id, servers FROM users WHERE org = ?1 AND servers IS NOT NULL",
+                        )
+                        .map_err(db)?;
+                    let rows = stmt
+                        .query_map([org], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(db)?;
+                    rows.collect::<Result<_, _>>().map_err(db)?
+                };
+                for (id, text) in members {
+                    let mut servers = parse_access(&text)?;
+                    if servers.remove(server).is_some() {
+                        tx.execute(
+                            "UPDATE users SET servers = ?3 WHERE org = ?1 AND id = ?2",
+                            params![org, id, servers_json(&servers)],
+                        )
+                        .map_err(db)?;
+                    }
+                }
             }
         }
         let version = expected + 1;

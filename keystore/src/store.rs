@@ -206,9 +206,9 @@ pub enum Change {
         /// The server (canonical name) and its id.
         server: Server,
     },
-    /// Remove a server from an organisation. Keys bound to it stay, and
-    /// grant nothing on it; members' access to it is kept but means nothing
-    /// while the organisation has no server of that name.
+    /// Remove a server from an organisation, and every member's access to
+    /// it. Keys bound to it stay, and grant nothing on it; a server of the
+    /// same name added later starts with no member access.
     DeleteServer {
         /// Organisation id.
         org: String,

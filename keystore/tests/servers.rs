@@ -371,6 +371,18 @@ fn a_deleted_server_is_invisible_to_the_keys_bound_to_it() {
         );
     }
     assert_eq!(server_decisions(&ks, &other), OK2);
+    // Members lost their access to it with it: a server of the same name
+    // added again is not theirs, nor their keys'. (An owner has every server.)
+    let dev = ks
+        .list_users(ORG)
+        .unwrap()
+        .into_iter()
+        .find(|u| u.id == DEV);
+    assert_eq!(dev.unwrap().servers, levels(&[("staging", Read)]));
+    ks.put_server(ACTOR, ORG, "prod", 31).unwrap();
+    assert_eq!(server_decisions(&ks, &by_dev), INVISIBLE);
+    assert_eq!(server_decisions(&ks, &by_owner), OK2);
+    ks.delete_server(ACTOR, ORG, "prod").unwrap();
     let e = ks.delete_server(ACTOR, ORG, "prod").unwrap_err();
     assert_eq!((e.kind, e.code), (ErrorKind::NotFound, "server_not_found"));
     // New bindings and member assignments to it are refused.
@@ -720,10 +732,15 @@ fn a_second_instance_applies_server_changes_from_the_log() {
     let secrets = population(&a);
     let s = create(&a, server_key(DEV, "eu", None));
     a.delete_server(ACTOR, ORG, "eu").unwrap();
+    // Added again: the member's access went with the old one, on every
+    // instance and in the tables.
+    a.put_server(ACTOR, ORG, "eu", 33).unwrap();
     let f = b.follow().unwrap();
     assert!(!f.reloaded, "server changes are applied one by one");
-    assert!(f.applied >= 9, "{f:?}");
-    assert_eq!(server_decisions(&b, &s), INVISIBLE);
+    assert!(f.applied >= 10, "{f:?}");
+    for ks in [&a, &b, &open(&db)] {
+        assert_eq!(server_decisions(ks, &s), INVISIBLE);
+    }
     assert_eq!(matrix(&b, &secrets), matrix(&a, &secrets));
     assert_eq!(b.org_servers(ORG).unwrap(), a.org_servers(ORG).unwrap());
     assert_eq!(matrix(&open(&db), &secrets), matrix(&a, &secrets));
