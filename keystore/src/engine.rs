@@ -1662,36 +1662,21 @@ fn load_in_read(
     let mut snap = Snapshot::empty();
     snap.version = version;
     snap.changed_at_ms = changed_at_ms;
-    let mut org_ids = Vec::new();
-    for (id, uid, domains) in store.load_orgs()? {
-        let slot = snap
-            .orgs
-            .push(Some(Arc::new(org_entry(uid, &id, &domains, intern))));
-        org_ids.push((intern.get(&id), slot));
-    }
     let mut servers: hashbrown::HashMap<String, Vec<Server>> = hashbrown::HashMap::new();
     for (org, s) in store.load_servers()? {
         servers.entry(org).or_default().push(s);
     }
-    for (org, list) in servers {
-        let Some(&(_, slot)) = org_ids.iter().find(|(id, _)| **id == *org) else {
-            continue;
-        };
-        if let Some(Some(entry)) = snap.orgs.get(slot) {
-            let mut entry = (**entry).clone();
+    let mut limits: hashbrown::HashMap<String, crate::RateLimit> =
+        store.org_rate_limits()?.into_iter().collect();
+    let mut org_ids = Vec::new();
+    for (id, uid, domains) in store.load_orgs()? {
+        let mut entry = org_entry(uid, &id, &domains, intern);
+        if let Some(list) = servers.remove(id.as_str()) {
             entry.set_servers(&list, intern);
-            snap.orgs.set(slot, Some(Arc::new(entry)));
         }
-    }
-    for (org, limit) in store.org_rate_limits()? {
-        let Some(&(_, slot)) = org_ids.iter().find(|(id, _)| **id == *org) else {
-            continue;
-        };
-        if let Some(Some(entry)) = snap.orgs.get(slot) {
-            let mut entry = (**entry).clone();
-            entry.rate_limit = Some(limit);
-            snap.orgs.set(slot, Some(Arc::new(entry)));
-        }
+        entry.rate_limit = limits.remove(id.as_str());
+        let slot = snap.orgs.push(Some(Arc::new(entry)));
+        org_ids.push((intern.get(&id), slot));
     }
     let org_slot: hashbrown::HashMap<Arc<str>, u32> = org_ids.iter().cloned().collect();
     let mut user_ids = Vec::new();
