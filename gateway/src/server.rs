@@ -198,14 +198,57 @@ impl BackgroundService for Housekeeping {
     }
 }
 
-/// Marks the gateway as listening once Pingora has started its services.
+/// Marks the gateway as listening once every proxy listener is bound.
+/// Pingora binds its listeners on the service threads, after background
+/// services may already run, so starting is not enough (`/readyz` answered
+/// 200 while connections were still refused). A plain listener is probed
+/// by connecting to it (the loopback address of its family when it listens
+/// on all addresses; the probe closes without a byte: the edge counts it as
+/// accepted and forgets it); a TLS listener, where such a probe would log a
+/// failed handshake, by binding its address: startup checked it was free,
+/// so "in use" now means Pingora holds it.
 struct Started {
     state: Arc<State>,
+    /// Each proxy listener, and whether it speaks TLS.
+    listeners: Vec<(std::net::SocketAddr, bool)>,
+}
+
+impl Started {
+    fn probe_address(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        std::net::SocketAddr::new(ip, addr.port())
+    }
 }
 
 #[async_trait]
 impl BackgroundService for Started {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Port 0 (the kernel picks one) cannot be probed: ready once started.
+        for &(addr, tls) in self.listeners.iter().filter(|(a, _)| a.port() != 0) {
+            let mut pause = Duration::from_millis(1);
+            loop {
+                let bound = if tls {
+                    std::net::TcpListener::bind(addr).is_err()
+                } else {
+                    tokio::net::TcpStream::connect(Self::probe_address(addr))
+                        .await
+                        .is_ok()
+                };
+                if bound {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => return,
+                }
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
         self.state.listening.store(true, Ordering::SeqCst);
     }
 }
@@ -379,6 +422,11 @@ pub fn run_with_state(
         "scopegate-started",
         Started {
             state: Arc::clone(&state),
+            listeners: match (&state.tls, config.tls.listen) {
+                (None, _) => vec![(config.listen, false)],
+                (Some(_), Some(tls)) => vec![(config.listen, false), (tls, true)],
+                (Some(_), None) => vec![(config.listen, true)],
+            },
         },
     ));
     server.run(RunArgs {
