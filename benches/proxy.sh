@@ -14,6 +14,10 @@
 #   4. scopegate enforcing, 1M keys, a random key per request, GET /domains/{domain} in scope
 #   5. scopegate refusing invalid keys (malformed and unknown; never reaches the upstream)
 #   6. scopegate on POST /email with a ~1 KiB JSON body whose From is in scope
+#   7. benches/lean-h1: not scopegate — the smallest HTTP/1.1 keep-alive
+#      proxy loop on one current-thread tokio runtime with a per-thread
+#      upstream connection stack (no check, no timeouts; an experiment that
+#      bounds what a lean proxy path costs beside nginx and Pingora)
 # Scenarios 1-4 use the same wrk script (benches/wrk/random_key.lua), so the
 # client does the same work in each. nginx and scopegate get the same number
 # of worker threads (--threads, default 1).
@@ -394,6 +398,19 @@ bench "5. scopegate refusing invalid keys" "$GW" "$WRK_DIR/invalid_key.lua" /
 bench "6. scopegate POST /email, 1 KiB" "$GW" "$WRK_DIR/send.lua" /
 stop_pid "$GATE_PID" INT
 
+# ---------------------------------------------------------------- 7. lean-h1
+log "cargo build --release (benches/lean-h1, its own workspace)"
+(cd "$ROOT/benches/lean-h1" && CARGO_TARGET_DIR=$TARGET/lean-h1 cargo build --release --quiet)
+free_port LEAN
+"$TARGET/lean-h1/release/lean-h1" "127.0.0.1:$LEAN" "127.0.0.1:$UP" >"$TMP/lean.log" 2>&1 &
+LEAN_PID=$!
+PIDS+=("$LEAN_PID")
+wait_port "$LEAN" "$LEAN_PID" "$TMP/lean.log" 10
+expect_status 200 "lean-h1" "$LEAN" GET "/domains/$FIRST_DOMAIN"
+PROXY_PIDS=("$LEAN_PID")
+bench "7. lean-h1 tokio loop (experiment, no check)" "$LEAN" "$WRK_DIR/random_key.lua" /
+stop_pid "$LEAN_PID" INT
+
 # ---------------------------------------------------------------- A/B
 AB_REPORT=""
 if [[ $AB_ROUNDS -gt 0 ]]; then
@@ -446,7 +463,7 @@ fi
 # ---------------------------------------------------------------- report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
 
-NOTES=("" "" "" "" "" "")
+NOTES=("" "" "" "" "" "" "")
 [[ ${NON2XX[3]} == 0 ]] || NOTES[3]="!! valid keys refused"
 [[ ${NON2XX[4]} == "${TOTAL[4]}" ]] || NOTES[4]="!! some invalid keys admitted"
 [[ ${NON2XX[5]} == 0 ]] || NOTES[5]="!! sends refused"
@@ -486,6 +503,8 @@ REPORT=$(
     echo "| proxy CPU per request: passthrough / nginx | $(ratio "${PROXY_CPU[2]}" "${PROXY_CPU[1]}") |"
     echo "| syscalls per request: enforcing / nginx | $(ratio "${SYSCALLS[3]}" "${SYSCALLS[1]}") |"
     echo "| context switches per request: enforcing / nginx | $(ratio "${CSWITCH[3]}" "${CSWITCH[1]}") |"
+    echo "| proxy CPU per request: lean-h1 loop / nginx | $(ratio "${PROXY_CPU[6]}" "${PROXY_CPU[1]}") |"
+    echo "| proxy CPU per request: passthrough / lean-h1 loop | $(ratio "${PROXY_CPU[2]}" "${PROXY_CPU[6]}") |"
     echo
     echo "CPU µs/req: user + system CPU time of the process (nginx: master and workers) during the measured run, from /proc, divided by the requests wrk completed. It is what one request costs the proxy, independent of how the 2 cores were shared."
     if [[ -n $PERF_PROBLEM ]]; then
