@@ -144,12 +144,16 @@ impl BackgroundService for HealthChecks {
 /// rate-limit buckets and brute-force strikes that no longer matter.
 struct Housekeeping {
     state: Arc<State>,
+    /// The last usage batch failed: logged once when failures start and
+    /// once when they end, not at every interval (a store fault lasting an
+    /// hour is one warning, counted in `scopegate_usage_flushes_total`).
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Housekeeping {
     /// One usage batch, counted in metrics; a failure is logged and the
     /// batch is kept for the next try.
-    fn flush(state: &State) {
+    fn flush(state: &State, failing: &std::sync::atomic::AtomicBool) {
         let result = state.keystore.flush_usage();
         let label = if result.is_ok() { "ok" } else { "error" };
         state
@@ -157,8 +161,15 @@ impl Housekeeping {
             .usage_flushes
             .with_label_values(&[label])
             .inc();
-        if let Err(e) = result {
-            log::warn!("cannot write key usage to the store ({e}); kept for the next batch");
+        match result {
+            Err(e) if !failing.swap(true, Ordering::SeqCst) => log::warn!(
+                "cannot write key usage to the store ({e}); kept in memory and retried with every batch (logged again when it succeeds)"
+            ),
+            Err(e) => log::debug!("key usage still not written ({e})"),
+            Ok(_) if failing.swap(false, Ordering::SeqCst) => {
+                log::info!("key usage written to the store again; nothing was lost")
+            }
+            Ok(_) => {}
         }
     }
 }
@@ -174,12 +185,13 @@ impl BackgroundService for Housekeeping {
                 _ = tokio::time::sleep(every) => {}
             }
             let state = Arc::clone(&self.state);
+            let failing = Arc::clone(&self.failing);
             let sweep = last_sweep.elapsed() >= crate::request::guard::SWEEP_EVERY;
             if sweep {
                 last_sweep = Instant::now();
             }
             let _ = tokio::task::spawn_blocking(move || {
-                Self::flush(&state);
+                Self::flush(&state, &failing);
                 if sweep {
                     let snap = state.keystore.snapshot();
                     state.guard.sweep(|id| {
@@ -194,7 +206,8 @@ impl BackgroundService for Housekeeping {
             .await;
         }
         let state = Arc::clone(&self.state);
-        let _ = tokio::task::spawn_blocking(move || Self::flush(&state)).await;
+        let failing = Arc::clone(&self.failing);
+        let _ = tokio::task::spawn_blocking(move || Self::flush(&state, &failing)).await;
     }
 }
 
@@ -416,6 +429,7 @@ pub fn run_with_state(
         "scopegate-housekeeping",
         Housekeeping {
             state: Arc::clone(&state),
+            failing: Default::default(),
         },
     ));
     server.add_service(background_service(
@@ -434,7 +448,7 @@ pub fn run_with_state(
     });
     state.listening.store(false, Ordering::SeqCst);
     // What was counted after the last batch (a graceful stop loses no usage).
-    Housekeeping::flush(&state);
+    Housekeeping::flush(&state, &Default::default());
     Ok(())
 }
 
