@@ -20,7 +20,9 @@
 //! Before all of them, per connection: [`conn`], the connection layer
 //! (connection slots, the HTTP/1.1 head read whole within its deadline and
 //! checked by [`framing`], HTTP/2 settings), and [`tls`], the certificate
-//! the listener presents, swapped on reload.
+//! the listener presents, swapped on reload. [`fast`]: plain bodiless
+//! HTTP/1.1 requests, decided by the same functions and proxied by the
+//! gateway's own loop instead of Pingora's.
 //!
 //! Below the phases: [`ctx`], the per-request state they share; [`head`],
 //! the request's Content-Length and logged path; [`state`], what every part
@@ -34,6 +36,7 @@ pub mod canon;
 pub mod conn;
 pub mod ctx;
 pub mod decide;
+pub mod fast;
 pub mod forward;
 pub mod framing;
 pub mod guard;

@@ -107,6 +107,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Requests being handled.
     pub in_flight: IntGauge,
+    /// HTTP/1.1 requests the fast path handled (the rest went through Pingora's proxy).
+    pub fast_path: IntCounter,
     snapshot_version: IntGauge,
     snapshot_age: prometheus::Gauge,
     keys: IntGauge,
@@ -205,6 +207,11 @@ impl Metrics {
         let in_flight = IntGauge::new(
             "scopegate_in_flight_requests",
             "Proxy requests being handled now.",
+        )
+        .expect("valid metric");
+        let fast_path = IntCounter::new(
+            "scopegate_fast_path_requests_total",
+            "HTTP/1.1 requests without a body handled by the gateway's own proxy loop instead of Pingora's.",
         )
         .expect("valid metric");
         let snapshot_version = IntGauge::new(
@@ -324,6 +331,7 @@ impl Metrics {
             Box::new(upstream.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
+            Box::new(fast_path.clone()),
             Box::new(snapshot_version.clone()),
             Box::new(snapshot_age.clone()),
             Box::new(keys.clone()),
@@ -386,6 +394,7 @@ impl Metrics {
             upstream,
             upstream_errors,
             in_flight,
+            fast_path,
             snapshot_version,
             snapshot_age,
             keys,

@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 use crate::ops::edge::EdgeRefusal;
+use crate::request::fast;
 use crate::request::framing::{scan_head, HeadLimits, Scan};
 use crate::request::proxy::Proxy;
 use crate::request::respond::{closing_bytes, Reply};
@@ -93,13 +94,15 @@ impl Edge {
         let idle_secs = self.limits.idle_timeout.as_secs().max(1);
         let mut first = true;
         let mut persistent = None;
+        // The client's address, looked up once per connection.
+        let mut client: Option<Option<std::net::IpAddr>> = None;
         loop {
             let wait = if first {
                 self.limits.header_read_timeout
             } else {
                 self.limits.idle_timeout
             };
-            let head = match read_head(
+            let (head, len) = match read_head(
                 &mut stream,
                 wait,
                 self.limits.header_read_timeout,
@@ -108,7 +111,7 @@ impl Edge {
             )
             .await
             {
-                HeadRead::Head(h) => h,
+                HeadRead::Head(h, len) => (h, len),
                 HeadRead::Gone => return None,
                 HeadRead::Idle if first => {
                     // Connected and never spoke.
@@ -132,6 +135,21 @@ impl Edge {
                     return None;
                 }
             };
+            if self.limits.fast_path {
+                if let Some(request) = fast::eligible(&head, len) {
+                    let client = *client.get_or_insert_with(|| {
+                        stream
+                            .get_socket_digest()
+                            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+                    });
+                    let closing = request.close || *shutdown.borrow();
+                    if !fast::serve(&self.state, &mut stream, request, client, closing).await {
+                        return None;
+                    }
+                    first = false;
+                    continue;
+                }
+            }
             let mut session = ServerSession::new_http1(stream);
             session.set_keepalive(Some(idle_secs));
             if let Some(p) = persistent.take() {
@@ -191,8 +209,8 @@ impl ServerApp for Edge {
 }
 
 enum HeadRead {
-    /// A complete, checked head (and whatever followed it).
-    Head(BytesMut),
+    /// A complete, checked head (and whatever followed it), and the head's length.
+    Head(BytesMut, usize),
     /// Closed by the client, a read error, or shutdown.
     Gone,
     /// No byte within the wait.
@@ -231,7 +249,7 @@ async fn read_head(
     let deadline = std::time::Instant::now() + header_timeout;
     loop {
         match scan_head(&buf, limits) {
-            Scan::Complete(_) => return HeadRead::Head(buf),
+            Scan::Complete(n) => return HeadRead::Head(buf, n),
             Scan::Refuse(why, message) => return HeadRead::Refused(why, message),
             Scan::Partial => {}
         }

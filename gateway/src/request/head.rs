@@ -21,7 +21,11 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
 /// 256 characters, when it does not), no query string, keys masked. Built
 /// only when a line is written, never on the request path.
 pub fn log_path(req: &RequestHeader) -> String {
-    let raw = req.uri.path();
+    log_path_of(req.uri.path())
+}
+
+/// [`log_path`] of a raw path.
+pub fn log_path_of(raw: &str) -> String {
     match canon::canonicalize(raw) {
         Ok(c) => mask_keys(&canon::encode(c.segments.iter().map(|s| s.as_ref()))),
         Err(_) => mask_keys(&raw.chars().take(256).collect::<String>()),

@@ -26,7 +26,7 @@ use crate::request::routing::Routing;
 use crate::request::state::State;
 
 /// The refusal of an instance that cannot confirm its snapshot is current.
-const STALE: (Reply, Outcome, Option<&str>) = (
+pub const STALE: (Reply, Outcome, Option<&str>) = (
     Reply::StoreUnavailable,
     Outcome::StoreUnavailable,
     Some("stale_snapshot"),

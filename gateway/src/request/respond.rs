@@ -262,13 +262,13 @@ pub async fn write_reply(session: &mut Session, reply: &Reply) -> pingora::Resul
     write_reply_as(session, reply, ResponseFormat::Json).await
 }
 
-/// Writes a reply the gateway decided on, in `format`, keeping the
-/// connection alive when the request body is fully read.
-pub async fn write_reply_as(
-    session: &mut Session,
+/// The response header and body of a reply in `format`, as both request
+/// paths write it (Pingora's session adds `Date` and `Connection`; the fast
+/// path adds them the same way, see [`reply_wire`]).
+pub fn reply_header(
     reply: &Reply,
     format: ResponseFormat,
-) -> pingora::Result<()> {
+) -> pingora::Result<(ResponseHeader, Bytes)> {
     let (status, body) = reply.render(format);
     let mut h = ResponseHeader::build(status, Some(4))?;
     h.insert_header("Content-Type", "application/json")?;
@@ -280,6 +280,57 @@ pub async fn write_reply_as(
     if let Reply::RateLimited(s) | Reply::TooManyAttempts(s) = reply {
         h.insert_header("Retry-After", s.to_string())?;
     }
+    Ok((h, body))
+}
+
+/// A reply as the HTTP/1.1 bytes Pingora's session writes for
+/// [`write_reply_as`] after a bodiless request: the same header with
+/// `Date` and `Connection` (`keep-alive` or `close`) added, then the body.
+pub fn reply_wire(
+    reply: &Reply,
+    format: ResponseFormat,
+    keep_alive: bool,
+) -> pingora::Result<bytes::BytesMut> {
+    let (mut h, body) = reply_header(reply, format)?;
+    let mut out = bytes::BytesMut::with_capacity(256 + body.len());
+    pingora_head_wire(&mut h, keep_alive, &mut out)?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Serialises a response head the way Pingora's HTTP/1.1 server session
+/// does: `Date` and `Connection` set, status line, headers, blank line.
+pub fn pingora_head_wire(
+    h: &mut ResponseHeader,
+    keep_alive: bool,
+    out: &mut bytes::BytesMut,
+) -> pingora::Result<()> {
+    h.insert_header(
+        http::header::DATE,
+        pingora::protocols::http::date::get_cached_date(),
+    )?;
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    h.insert_header(http::header::CONNECTION, connection)?;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(h.status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    if let Some(reason) = h.get_reason_phrase() {
+        out.extend_from_slice(reason.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    h.header_to_h1_wire(out);
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// Writes a reply the gateway decided on, in `format`, keeping the
+/// connection alive when the request body is fully read.
+pub async fn write_reply_as(
+    session: &mut Session,
+    reply: &Reply,
+    format: ResponseFormat,
+) -> pingora::Result<()> {
+    let (h, body) = reply_header(reply, format)?;
     if !session.is_body_done() {
         // An unread body would be parsed as the next request: drain a small
         // one, close the connection after a large one.
