@@ -22,7 +22,8 @@
 //! checked by [`framing`], HTTP/2 settings), and [`tls`], the certificate
 //! the listener presents, swapped on reload. [`fast`]: plain bodiless
 //! HTTP/1.1 requests, decided by the same functions and proxied by the
-//! gateway's own loop instead of Pingora's.
+//! gateway's own loop instead of Pingora's, over [`upstream`]'s per-thread
+//! connections.
 //!
 //! Below the phases: [`ctx`], the per-request state they share; [`head`],
 //! the request's Content-Length and logged path; [`state`], what every part
@@ -48,3 +49,4 @@ pub mod routing;
 pub mod sender;
 pub mod state;
 pub mod tls;
+pub mod upstream;
