@@ -2,6 +2,10 @@
 # The proxy benchmark: one command, every scenario side by side in one run.
 #
 #   bash benches/proxy.sh [--quick] [--duration SECS] [--threads N] [--keys N] [--ab ROUNDS]
+#                         [--fast-path true|false]
+#
+# --fast-path false runs every scopegate scenario with `[connections]
+# fast_path = false` (every request through Pingora's proxy), to compare.
 #
 # On 127.0.0.1, free ports, the same wrk settings (-t2 -c64 --latency) and the
 # same duration for each scenario:
@@ -47,9 +51,10 @@ WRK_CONNECTIONS=64
 WARMUP=1
 AB_ROUNDS=4
 AB_SECS=8
+FAST_PATH=true
 
 usage() {
-    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -59,6 +64,7 @@ while [[ $# -gt 0 ]]; do
         --threads) THREADS=${2:?--threads needs a number}; shift 2 ;;
         --keys) KEYS=${2:?--keys needs a number}; shift 2 ;;
         --ab) AB_ROUNDS=${2:?--ab needs a number of rounds}; shift 2 ;;
+        --fast-path) FAST_PATH=${2:?--fast-path needs true or false}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "proxy.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -311,6 +317,8 @@ access_log = "off"
 backends = ["127.0.0.1:$UP"]
 [upstreams.domains]
 backends = ["127.0.0.1:$UP"]
+[connections]
+fast_path = $FAST_PATH
 EOF
 
 # start_scopegate VAR_PID PORT ADMIN [extra args]
