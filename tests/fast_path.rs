@@ -321,6 +321,25 @@ fn a_reused_connection_that_fails_is_retried_for_a_get_but_never_for_a_post() {
     );
 }
 
+/// Answers as if keeping the connection, then closes it.
+fn answer_and_close(_: &Seen) -> Act {
+    Act::ReplyClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+}
+
+#[test]
+fn an_upstream_that_closes_its_idle_connections_still_gets_every_get_answered() {
+    let up = RawUpstream::spawn(answer_and_close);
+    let gw = gateway(up.addr, true);
+    let keys = sample::setup(&gw.keystore);
+    let mut conn = Conn::open(gw.proxy);
+    for i in 0..5 {
+        let get = Request::new("GET", &format!("/domains/client-a.com/{i}")).bearer(&keys.owner);
+        assert_eq!(conn.send(&get, true).status, 200, "request {i}");
+    }
+    // Each reached the upstream once (a closed connection reads nothing).
+    assert_eq!(up.seen().len(), 5, "{:?}", up.seen());
+}
+
 #[test]
 fn an_upstream_that_is_down_gets_the_same_502_on_both_paths() {
     let nobody = free_port();

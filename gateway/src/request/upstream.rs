@@ -18,6 +18,10 @@ use tokio::net::TcpStream;
 
 use crate::request::respond::Reply;
 
+/// The largest upstream response head read, as Pingora's HTTP/1.1 client
+/// (beyond it: 502).
+const MAX_RESPONSE_HEAD: usize = 1024 * 1024 - 1;
+
 /// Why an exchange with the upstream failed: the metric kind and reply
 /// ([`crate::request::forward::upstream_failure`]'s mapping).
 #[derive(Debug)]
@@ -120,7 +124,9 @@ pub(crate) async fn exchange(
         }
         loop {
             match response_head(&buf, head_only, keep) {
-                Parsed::Partial if buf.len() > 64 * 1024 => return Err((Failure::Other, false)),
+                Parsed::Partial if buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err((Failure::Other, false))
+                }
                 Parsed::Partial => break,
                 Parsed::Bad => return Err((Failure::Other, false)),
                 Parsed::Interim(n) => {
@@ -152,7 +158,7 @@ pub(crate) enum Parsed {
 /// session sets `Date` and `Connection` (the upstream's are dropped), and a
 /// close-delimited body is sent chunked.
 pub(crate) fn response_head(buf: &[u8], head_only: bool, keep: bool) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut headers = [httparse::EMPTY_HEADER; 256];
     let mut r = httparse::Response::new(&mut headers);
     let n = match r.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
