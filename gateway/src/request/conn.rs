@@ -135,21 +135,31 @@ impl Edge {
                     return None;
                 }
             };
-            if self.limits.fast_path {
-                if let Some(request) = fast::eligible(&head, len) {
-                    let client = *client.get_or_insert_with(|| {
-                        stream
-                            .get_socket_digest()
-                            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-                    });
-                    let closing = request.close || *shutdown.borrow();
-                    if !fast::serve(&self.state, &mut stream, request, client, closing).await {
-                        return None;
+            let head = if self.limits.fast_path && head.len() == len {
+                // Frozen, so the parsed header values share the buffer.
+                let frozen = head.freeze();
+                match fast::eligible(&frozen, len) {
+                    Some(request) => {
+                        let client = *client.get_or_insert_with(|| {
+                            stream.get_socket_digest().and_then(|d| {
+                                d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+                            })
+                        });
+                        let closing = request.close || *shutdown.borrow();
+                        if !fast::serve(&self.state, &mut stream, request, client, closing).await {
+                            return None;
+                        }
+                        first = false;
+                        continue;
                     }
-                    first = false;
-                    continue;
+                    // Nothing else holds the buffer: no copy.
+                    None => frozen
+                        .try_into_mut()
+                        .unwrap_or_else(|b| BytesMut::from(&b[..])),
                 }
-            }
+            } else {
+                head
+            };
             let mut session = ServerSession::new_http1(stream);
             session.set_keepalive(Some(idle_secs));
             if let Some(p) = persistent.take() {

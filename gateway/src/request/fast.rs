@@ -72,7 +72,7 @@ const PINGORA_ONLY: &[&str] = &[
 
 /// The request in `buf` (a complete head of `len` bytes, already checked by
 /// [`crate::request::framing::scan_head`]) when the fast path may take it.
-pub fn eligible(buf: &[u8], len: usize) -> Option<FastRequest> {
+pub fn eligible(buf: &bytes::Bytes, len: usize) -> Option<FastRequest> {
     if buf.len() != len {
         return None;
     }
@@ -86,11 +86,12 @@ pub fn eligible(buf: &[u8], len: usize) -> Option<FastRequest> {
         return None;
     }
     let (method, path) = (parsed.method?, parsed.path?);
-    if !path.starts_with('/') || http::Uri::try_from(path).is_err() {
+    if !path.starts_with('/') {
         return None;
     }
-    let mut req =
-        RequestHeader::build_no_case(method, path.as_bytes(), Some(parsed.headers.len())).ok()?;
+    let uri = http::Uri::from_maybe_shared(buf.slice_ref(path.as_bytes())).ok()?;
+    let mut req = RequestHeader::build_no_case(method, b"/", Some(parsed.headers.len())).ok()?;
+    req.set_uri(uri);
     let (mut close, mut connections, mut hosts) = (false, 0, 0);
     for h in parsed.headers.iter() {
         let (name, value) = (h.name, h.value);
@@ -118,7 +119,7 @@ pub fn eligible(buf: &[u8], len: usize) -> Option<FastRequest> {
             }
         }
         let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(value).ok()?;
+        let value = HeaderValue::from_maybe_shared(buf.slice_ref(value)).ok()?;
         req.append_header(name, value).ok()?;
     }
     Some(FastRequest { req, close })
@@ -460,10 +461,15 @@ mod tests {
 
     #[test]
     fn only_plain_bodiless_http11_requests_are_eligible() {
-        let ok = |s: &str| eligible(s.as_bytes(), s.len()).is_some();
+        let ok =
+            |s: &str| eligible(&bytes::Bytes::copy_from_slice(s.as_bytes()), s.len()).is_some();
         assert!(ok("GET /a HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert!(ok("DELETE /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
-        let r = eligible(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n", 38).unwrap();
+        let r = eligible(
+            &bytes::Bytes::from_static(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n"),
+            38,
+        )
+        .unwrap();
         assert!(r.close);
         assert!(r.req.headers.get("connection").is_none());
         for refused in [
@@ -482,6 +488,6 @@ mod tests {
         }
         // Pipelined bytes behind the head: Pingora's path.
         let two = "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
-        assert!(eligible(two.as_bytes(), 19).is_none());
+        assert!(eligible(&bytes::Bytes::from_static(two.as_bytes()), 19).is_none());
     }
 }
