@@ -403,13 +403,15 @@ impl SqliteStore {
     }
 
     fn configure(conn: Connection) -> Result<SqliteStore, StoreError> {
+        // First: switching to WAL takes the file's lock, and other
+        // processes may be opening it at the same moment.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
         Ok(SqliteStore {
             conn,
             path: None,
@@ -419,23 +421,43 @@ impl SqliteStore {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let current: usize = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(db)?;
-        if current > MIGRATIONS.len() {
-            return Err(StoreError::Incompatible(format!(
+        let newer = |current: usize| {
+            StoreError::Incompatible(format!(
                 "schema version {current} is newer than this scopegate understands ({}); upgrade scopegate",
                 MIGRATIONS.len()
-            )));
+            ))
+        };
+        let current = self.schema_version()?;
+        if current > MIGRATIONS.len() {
+            return Err(newer(current));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-            let tx = self.conn.transaction().map_err(db)?;
+        if current == MIGRATIONS.len() {
+            // Up to date: no write lock (the file may be read-only).
+            return Ok(());
+        }
+        // Several processes may open one file at once (one per core, or a
+        // fleet restarted together): each step takes the write lock first
+        // and reads the version under it, so a step another process
+        // applied meanwhile is not applied twice ("table already exists").
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let current: usize = tx
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(db)?;
+            if current > MIGRATIONS.len() {
+                return Err(newer(current));
+            }
+            let Some(sql) = MIGRATIONS.get(current) else {
+                return Ok(());
+            };
             tx.execute_batch(sql).map_err(db)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
+            tx.pragma_update(None, "user_version", current + 1)
+                .map_err(db)?;
             tx.commit().map_err(db)?;
         }
-        Ok(())
     }
 
     /// The schema version this file is at.

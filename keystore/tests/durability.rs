@@ -929,3 +929,35 @@ fn keys_stored_before_locators_existed_keep_working() {
         Refusal::UnknownKey
     );
 }
+
+/// Processes started together on one new (or older) store file migrate it
+/// at the same time: each migration step takes the write lock and reads the
+/// version under it, so every opener succeeds and no step runs twice (it
+/// failed with "table … already exists" when two opened a store of the
+/// previous schema at once). Connections of separate threads lock the file
+/// as separate processes do.
+#[test]
+fn stores_opened_at_once_migrate_the_file_once() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("keys.db");
+        let start = Arc::new(std::sync::Barrier::new(6));
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let (db, start) = (db.clone(), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    scopegate_keystore::SqliteStore::open(&db)
+                        .and_then(|s| s.schema_version())
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let versions: Vec<_> = openers.into_iter().map(|t| t.join().unwrap()).collect();
+        let first = versions[0].clone().expect("the first opener");
+        assert!(first > 0);
+        for v in versions {
+            assert_eq!(v, Ok(first), "every opener sees the migrated schema");
+        }
+    }
+}
