@@ -422,6 +422,12 @@ impl Metrics {
         self.would_refuse[reason as usize].inc();
     }
 
+    /// Counts a failed exchange with a backend of `group`; `kind` is one of
+    /// the kinds [`Self::register_upstream`] registers.
+    pub fn upstream_error(&self, group: &str, kind: &str) {
+        self.upstream_errors.with_label_values(&[group, kind]).inc();
+    }
+
     /// Registers an upstream group's series at zero, so dashboards and
     /// alerts see them before the first request or failure.
     pub fn register_upstream(&self, group: &str) {

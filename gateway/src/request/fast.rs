@@ -34,13 +34,12 @@ use pingora::upstreams::peer::Peer;
 use scopegate_config::ResponseFormat;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::ops::accesslog::Entry;
 use crate::ops::metrics::Outcome;
 use crate::request::ctx::Ctx;
 use crate::request::decide::{check_senders, decide_head, Head};
 use crate::request::forward::{peer_for, rewrite_request};
 use crate::request::head::log_path_of;
-use crate::request::proxy::STALE;
+use crate::request::proxy::{record, STALE};
 use crate::request::respond::{reply_wire, Reply};
 use crate::request::state::State;
 use crate::request::upstream::{
@@ -195,7 +194,16 @@ pub async fn serve(
         }
         None => forward(state, stream, &mut req, &mut ctx, keep).await,
     };
-    log(state, &mut ctx, &method, &path, &done);
+    let bytes_in = ctx.bytes_in;
+    record(
+        state,
+        &mut ctx,
+        &method,
+        path.path(),
+        done.status,
+        bytes_in,
+        done.bytes_out,
+    );
     done.keep
 }
 
@@ -227,39 +235,6 @@ async fn answer(
 async fn write_client(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
-}
-
-/// What Pingora's `proxy.rs` does in `logging`: the route's count, the
-/// in-flight gauge, the access log line.
-fn log(state: &State, ctx: &mut Ctx, method: &http::Method, uri: &http::Uri, done: &Done) {
-    if ctx.counted {
-        state.metrics.in_flight.dec();
-    }
-    let outcome = ctx.outcome.unwrap_or(Outcome::BadRequest);
-    if let Some(routing) = &ctx.routing {
-        match ctx.route.and_then(|i| routing.routes.get(i)) {
-            Some(r) => r.metrics.count(outcome),
-            None => routing.unmatched.count(outcome),
-        }
-    }
-    if !state.access_log.enabled() {
-        return;
-    }
-    state.access_log.log(Entry {
-        ts_ms: ctx.ts_ms,
-        method: method.as_str().to_string(),
-        path: log_path_of(uri.path()),
-        status: done.status,
-        decision: outcome.as_str(),
-        reason: ctx.reason,
-        key_id: ctx.key_id.take().map(scopegate_keystore::secret::format_id),
-        org: ctx.org.take().map(|o| o.to_string()),
-        upstream: ctx.group.as_ref().map(|g| g.name.clone()),
-        bytes_in: ctx.bytes_in,
-        bytes_out: done.bytes_out,
-        latency_us: ctx.start.elapsed().as_micros() as u64,
-        would_refuse: ctx.would_refuse,
-    });
 }
 
 /// Forwards an admitted request and copies the answer back.
@@ -419,11 +394,7 @@ async fn forward(
 /// Counts an upstream failure as `fail_to_proxy` does.
 fn count_failure(state: &State, ctx: &Ctx, f: &Failure) {
     if let Some(group) = &ctx.group {
-        state
-            .metrics
-            .upstream_errors
-            .with_label_values(&[group.name.as_str(), f.kind().1])
-            .inc();
+        state.metrics.upstream_error(&group.name, f.kind().1);
     }
 }
 

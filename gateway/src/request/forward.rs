@@ -113,15 +113,7 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &Ctx, routing: &Routing) ->
 
 /// The reply and metric kind for an upstream failure.
 pub fn upstream_failure(e: &Error) -> (Reply, &'static str) {
-    match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            (Reply::GatewayTimeout, "timeout")
-        }
-        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
-            (Reply::BadGateway, "connect")
-        }
-        _ => (Reply::BadGateway, "other"),
-    }
+    crate::request::upstream::Failure::of(e.etype()).kind()
 }
 
 /// Forwards an inspected body too large for Pingora's replay buffer over a
@@ -169,11 +161,7 @@ pub async fn forward_buffered(
         Ok(ok) => ok,
         Err(e) => {
             let (reply, kind) = upstream_failure(&e);
-            state
-                .metrics
-                .upstream_errors
-                .with_label_values(&[group.name.as_str(), kind])
-                .inc();
+            state.metrics.upstream_error(&group.name, kind);
             log::warn!(
                 "upstream {} failed for {}: {e}",
                 group.name,

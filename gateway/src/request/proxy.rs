@@ -20,7 +20,7 @@ use crate::request::body::{is_chunked, read_body};
 use crate::request::ctx::Ctx;
 use crate::request::decide::{check_senders, decide_head, Head, Verdict};
 use crate::request::forward::{forward_buffered, REPLAY_LIMIT};
-use crate::request::head::log_path;
+use crate::request::head::{log_path, log_path_of};
 use crate::request::respond::{write_reply_as, Reply};
 use crate::request::routing::Routing;
 use crate::request::state::State;
@@ -31,6 +31,48 @@ pub const STALE: (Reply, Outcome, Option<&str>) = (
     Outcome::StoreUnavailable,
     Some("stale_snapshot"),
 );
+
+/// What every request ends with, on Pingora's path and on the fast path:
+/// the in-flight gauge, the route's count of its outcome, and the access
+/// log line (the path canonical with keys masked, never the query).
+pub(crate) fn record(
+    state: &State,
+    ctx: &mut Ctx,
+    method: &http::Method,
+    path: &str,
+    status: u16,
+    bytes_in: usize,
+    bytes_out: usize,
+) {
+    if ctx.counted {
+        state.metrics.in_flight.dec();
+    }
+    let outcome = ctx.outcome.unwrap_or(Outcome::BadRequest);
+    if let Some(routing) = &ctx.routing {
+        match ctx.route.and_then(|i| routing.routes.get(i)) {
+            Some(r) => r.metrics.count(outcome),
+            None => routing.unmatched.count(outcome),
+        }
+    }
+    if !state.access_log.enabled() {
+        return;
+    }
+    state.access_log.log(Entry {
+        ts_ms: ctx.ts_ms,
+        method: method.as_str().to_string(),
+        path: log_path_of(path),
+        status,
+        decision: outcome.as_str(),
+        reason: ctx.reason,
+        key_id: ctx.key_id.take().map(scopegate_keystore::secret::format_id),
+        org: ctx.org.take().map(|o| o.to_string()),
+        upstream: ctx.group.as_ref().map(|g| g.name.clone()),
+        bytes_in,
+        bytes_out,
+        latency_us: ctx.start.elapsed().as_micros() as u64,
+        would_refuse: ctx.would_refuse,
+    });
+}
 
 /// The proxy service.
 pub struct Proxy {
@@ -258,11 +300,7 @@ impl ProxyHttp for Proxy {
             ctx.outcome = Some(Outcome::UpstreamError);
         }
         if let (Some(group), Some((_, kind))) = (&ctx.group, &failure) {
-            self.state
-                .metrics
-                .upstream_errors
-                .with_label_values(&[group.name.as_str(), kind])
-                .inc();
+            self.state.metrics.upstream_error(&group.name, kind);
         }
         let reply = if ctx.outcome == Some(Outcome::TooLarge) {
             Some(Reply::TooLarge)
@@ -287,40 +325,21 @@ impl ProxyHttp for Proxy {
 
     /// Counts the request and queues its access log line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.counted {
-            self.state.metrics.in_flight.dec();
-        }
-        let outcome = ctx.outcome.unwrap_or(Outcome::BadRequest);
-        if let Some(routing) = &ctx.routing {
-            match ctx.route.and_then(|i| routing.routes.get(i)) {
-                Some(r) => r.metrics.count(outcome),
-                None => routing.unmatched.count(outcome),
-            }
-        }
-        if !self.state.access_log.enabled() {
-            return;
-        }
         let status = session
             .response_written()
             .map(|h| h.status.as_u16())
             .unwrap_or(ctx.status);
         let req = session.req_header();
-        let path = log_path(req);
-        self.state.access_log.log(Entry {
-            ts_ms: ctx.ts_ms,
-            method: req.method.as_str().to_string(),
-            path,
+        let bytes_in = ctx.bytes_in.max(session.body_bytes_read());
+        record(
+            &self.state,
+            ctx,
+            &req.method,
+            req.uri.path(),
             status,
-            decision: outcome.as_str(),
-            reason: ctx.reason,
-            key_id: ctx.key_id.take().map(scopegate_keystore::secret::format_id),
-            org: ctx.org.take().map(|o| o.to_string()),
-            upstream: ctx.group.as_ref().map(|g| g.name.clone()),
-            bytes_in: ctx.bytes_in.max(session.body_bytes_read()),
-            bytes_out: session.body_bytes_sent(),
-            latency_us: ctx.start.elapsed().as_micros() as u64,
-            would_refuse: ctx.would_refuse,
-        });
+            bytes_in,
+            session.body_bytes_sent(),
+        );
     }
 
     /// Error logs name the method and canonical path only: never the query

@@ -22,8 +22,9 @@ use crate::request::respond::Reply;
 /// (beyond it: 502).
 const MAX_RESPONSE_HEAD: usize = 1024 * 1024 - 1;
 
-/// Why an exchange with the upstream failed: the metric kind and reply
-/// ([`crate::request::forward::upstream_failure`]'s mapping).
+/// Why an exchange with the upstream failed, on either path: the metric
+/// kind and the reply ([`Failure::kind`]). Pingora's errors are classified
+/// by [`Failure::of`].
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// Connect timed out, or the upstream did not answer in time.
@@ -35,6 +36,17 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// The failure a Pingora error type stands for.
+    pub(crate) fn of(e: &pingora::ErrorType) -> Failure {
+        use pingora::ErrorType as E;
+        match e {
+            E::ConnectTimedout | E::ReadTimedout | E::WriteTimedout => Failure::Timeout,
+            E::ConnectRefused | E::ConnectNoRoute | E::ConnectError => Failure::Connect,
+            _ => Failure::Other,
+        }
+    }
+
+    /// The reply and the `scopegate_upstream_errors_total` kind.
     pub(crate) fn kind(&self) -> (Reply, &'static str) {
         match self {
             Failure::Timeout => (Reply::GatewayTimeout, "timeout"),
