@@ -232,22 +232,9 @@ pub fn error_body(code: &str, message: &str) -> Bytes {
 /// layer, which answers before Pingora has a session (malformed heads, over
 /// limits, over capacity) and then closes the connection.
 pub fn closing_bytes(reply: &Reply, format: ResponseFormat) -> Vec<u8> {
-    let (status, body) = reply.render(format);
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in reply.extra_headers() {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str("\r\n");
-    let mut out = out.into_bytes();
-    out.extend_from_slice(&body);
-    out
+    reply_wire(reply, format, false)
+        .expect("a reply's own header names and values are valid")
+        .to_vec()
 }
 
 /// `{"ErrorCode":n,"Message":"…"}`.
