@@ -407,8 +407,22 @@ impl SqliteStore {
         // processes may be opening it at the same moment.
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
+        // Two connections switching a new file at once can each hold the
+        // read lock the other must wait out: SQLite then answers "busy" to
+        // one of them at once, without its busy handler. Retried for as long
+        // as the busy timeout.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                result => break result.map_err(db)?,
+            }
+        }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
