@@ -18,8 +18,15 @@ const POSTMARK: &str = "postmark@5";
 /// The Python client, by its current major version.
 const POSTMARKER: &str = "postmarker>=1,<2";
 
+/// Held while a client library is installed: this file's tests run on
+/// parallel threads, and on a fresh target directory each would otherwise
+/// install into the same folder at once (`python3 -m venv` then fails with
+/// "File exists").
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `node_modules` with `postmark`, installed once per target directory.
 fn postmark_modules() -> PathBuf {
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("npm-postmark");
     let modules = dir.join("node_modules");
     if !modules.join("postmark").join("package.json").exists() {
@@ -42,6 +49,7 @@ fn postmark_modules() -> PathBuf {
 /// A virtual environment with `postmarker`, made once per target directory
 /// (`python3 -m venv`; bash run.sh test installs python3-venv); its python.
 fn postmarker_python() -> PathBuf {
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-postmarker");
     let python = dir.join("bin").join("python");
     let ready = dir.join("installed");
