@@ -94,6 +94,10 @@ pub struct SqliteStore {
     /// The copy this process wrote back after the file was removed: its
     /// version, and its [`Stamp`] as written.
     restored: Option<(u64, Stamp)>,
+    /// This connection holds the file's write lock, taken by
+    /// [`Store::begin_write`] so the catch-up, the plan and the commit of
+    /// one admin write are not overtaken by another process's writer.
+    writing: bool,
 }
 
 /// A SQLite error as a [`StoreError`]: the disk full, a read-only file or
@@ -205,6 +209,184 @@ fn probe_dir(path: &Path) -> Option<Fault> {
 }
 
 impl SqliteStore {
+    /// [`Store::commit`] under the file's write lock, in a savepoint so a
+    /// change that fails half-way leaves nothing behind.
+    fn commit_locked(
+        &mut self,
+        change: &Change,
+        audit: &Audit<'_>,
+        expected: u64,
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.savepoint().map_err(db)?;
+        let actual: i64 = tx
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM changes", [], |r| {
+                r.get(0)
+            })
+            .map_err(db)?;
+        if actual as u64 != expected {
+            return Err(StoreError::Behind {
+                expected,
+                actual: actual as u64,
+            });
+        }
+        match change {
+            Change::PutOrg { org, uid, domains } => {
+                tx.execute(
+                    "INSERT OR IGNORE INTO orgs (id, uid) VALUES (?1, ?2)",
+                    params![org, *uid as i64],
+                )
+                .map_err(db)?;
+                tx.execute("DELETE FROM domains WHERE org = ?1", [org])
+                    .map_err(db)?;
+                let mut stmt = tx
+                    .prepare("INSERT INTO domains (org, name, numeric_id) VALUES (?1, ?2, ?3)")
+                    .map_err(db)?;
+                for d in domains {
+                    stmt.execute(params![org, d.name, d.id.map(|i| i as i64)])
+                        .map_err(db)?;
+                }
+            }
+            Change::PutUser { user } => put_user(&tx, user).map_err(db)?,
+            Change::DeactivateUser { user, at, .. } => {
+                put_user(&tx, user).map_err(db)?;
+                revoke_user_keys(&tx, &user.org, &user.id, *at).map_err(db)?;
+            }
+            Change::DeleteUser { org, user, at, .. } => {
+                tx.execute(
+                    "DELETE FROM users WHERE org = ?1 AND id = ?2",
+                    params![org, user],
+                )
+                .map_err(db)?;
+                revoke_user_keys(&tx, org, user, *at).map_err(db)?;
+            }
+            Change::CreateKeys { keys } => {
+                for k in keys {
+                    insert_key(&tx, k).map_err(db)?;
+                }
+            }
+            Change::RotateKey {
+                id,
+                at,
+                expires_at,
+                new,
+                ..
+            } => {
+                insert_key(&tx, new).map_err(db)?;
+                let mut old = self_key(&tx, id)?;
+                old.lifecycle.rotated_at = Some(*at);
+                old.lifecycle.replaced_by = Some(new.id.clone());
+                tx.execute(
+                    "UPDATE keys SET expires_at = ?2, lifecycle = ?3 WHERE id = ?1",
+                    params![id, expires_at, crate::model::lifecycle_json(&old.lifecycle)],
+                )
+                .map_err(db)?;
+            }
+            Change::UpdateKey {
+                id,
+                rate_limit,
+                shadow,
+                ..
+            } => {
+                let mut old = self_key(&tx, id)?;
+                old.lifecycle.rate_limit = *rate_limit;
+                old.lifecycle.shadow = shadow.clone();
+                tx.execute(
+                    "UPDATE keys SET lifecycle = ?2 WHERE id = ?1",
+                    params![id, crate::model::lifecycle_json(&old.lifecycle)],
+                )
+                .map_err(db)?;
+            }
+            Change::SetOrgRateLimit { org, rate_limit } => {
+                tx.execute(
+                    "UPDATE orgs SET rate_limit = ?2 WHERE id = ?1",
+                    params![
+                        org,
+                        rate_limit
+                            .map(|r| serde_json::to_string(&r).expect("a rate limit serialises"))
+                    ],
+                )
+                .map_err(db)?;
+            }
+            Change::RevokeKey { id, at, .. } => {
+                tx.execute(
+                    "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id, at],
+                )
+                .map_err(db)?;
+            }
+            Change::PutServer { org, server } => {
+                tx.execute(
+                    "INSERT INTO servers (org, name, numeric_id) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (org, name) DO UPDATE SET numeric_id = ?3",
+                    params![org, server.name, server.id as i64],
+                )
+                .map_err(db)?;
+            }
+            Change::DeleteServer { org, server } => {
+                tx.execute(
+                    "DELETE FROM servers WHERE org = ?1 AND name = ?2",
+                    params![org, server],
+                )
+                .map_err(db)?;
+                let members: Vec<(String, String)> = {
+                    let mut stmt = tx
+                        .prepare(
+                            "SELECT id, servers FROM users WHERE org = ?1 AND servers IS NOT NULL",
+                        )
+                        .map_err(db)?;
+                    let rows = stmt
+                        .query_map([org], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(db)?;
+                    rows.collect::<Result<_, _>>().map_err(db)?
+                };
+                for (id, text) in members {
+                    let mut servers = parse_access(&text)?;
+                    if servers.remove(server).is_some() {
+                        tx.execute(
+                            "UPDATE users SET servers = ?3 WHERE org = ?1 AND id = ?2",
+                            params![org, id, servers_json(&servers)],
+                        )
+                        .map_err(db)?;
+                    }
+                }
+            }
+        }
+        let version = expected + 1;
+        tx.execute(
+            "INSERT INTO changes (version, at_ms, actor, kind, subject, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                version as i64,
+                audit.at_ms,
+                audit.actor,
+                change.kind(),
+                change.subject(),
+                change.payload()
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(version)
+    }
+
+    /// Whether the path still names the file this connection opened (true
+    /// in memory, or when it cannot be told).
+    fn same_file(&self) -> bool {
+        let (Some(path), Some(ident)) = (&self.path, self.ident) else {
+            return true;
+        };
+        !matches!(identify(path), Ok(now) if now != Some(ident))
+    }
+
+    /// Ends the write transaction `begin_write` or `commit` opened, undoing
+    /// whatever it did not commit.
+    fn release_write(&mut self) {
+        if std::mem::take(&mut self.writing) && !self.conn.is_autocommit() {
+            // A failed rollback leaves nothing committed either.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
     /// Opens (creating if needed) the store file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let mut store = Self::init(Self::connect(path, true)?)?;
@@ -431,6 +613,7 @@ impl SqliteStore {
             path: None,
             ident: None,
             restored: None,
+            writing: false,
         })
     }
 
@@ -588,7 +771,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<UserRecord, StoreErro
     })())
 }
 
-fn put_user(tx: &rusqlite::Transaction<'_>, u: &UserRecord) -> rusqlite::Result<()> {
+fn put_user(tx: &Connection, u: &UserRecord) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO users (org, id, role, status, access, uid, servers)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -607,12 +790,7 @@ fn put_user(tx: &rusqlite::Transaction<'_>, u: &UserRecord) -> rusqlite::Result<
     Ok(())
 }
 
-fn revoke_user_keys(
-    tx: &rusqlite::Transaction<'_>,
-    org: &str,
-    user: &str,
-    at: i64,
-) -> rusqlite::Result<()> {
+fn revoke_user_keys(tx: &Connection, org: &str, user: &str, at: i64) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE keys SET revoked_at = ?3 WHERE org = ?1 AND user = ?2 AND revoked_at IS NULL",
         params![org, user, at],
@@ -622,7 +800,7 @@ fn revoke_user_keys(
 
 /// Inserts one key (a prepared statement cached on the connection, so a
 /// bulk import prepares it once).
-fn insert_key(tx: &rusqlite::Transaction<'_>, k: &KeyRecord) -> rusqlite::Result<()> {
+fn insert_key(tx: &Connection, k: &KeyRecord) -> rusqlite::Result<()> {
     let (org_wide, domains) = match &k.scope {
         KeyScope::OrgWide => (true, "{}".to_string()),
         KeyScope::Domains(d) => (false, access_json(d)),
@@ -652,7 +830,7 @@ fn insert_key(tx: &rusqlite::Transaction<'_>, k: &KeyRecord) -> rusqlite::Result
 }
 
 /// A key as a transaction sees it, for changes that rewrite part of one.
-fn self_key(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<KeyRecord, StoreError> {
+fn self_key(tx: &Connection, id: &str) -> Result<KeyRecord, StoreError> {
     tx.query_row(
         &format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"),
         [id],
@@ -739,12 +917,34 @@ impl Store for SqliteStore {
         }
     }
 
+    // Savepoints rather than BEGIN/COMMIT: outside a transaction one starts
+    // a deferred read transaction; inside a write queued by
+    // `begin_write` it nests.
     fn begin_read(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN DEFERRED").map_err(db)
+        self.conn
+            .execute_batch("SAVEPOINT snapshot_read")
+            .map_err(db)
     }
 
     fn end_read(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("COMMIT").map_err(db)
+        self.conn.execute_batch("RELEASE snapshot_read").map_err(db)
+    }
+
+    fn begin_write(&mut self) -> Result<(), StoreError> {
+        // Only fairness rides on this (the commit checks the version): when
+        // the lock cannot be had, or the file is no longer the one opened
+        // (the commit diagnoses that), go on without it.
+        if self.writing || !self.conn.is_autocommit() || !self.same_file() {
+            return Ok(());
+        }
+        // Waits for another process's writer up to the busy timeout.
+        self.writing = self.conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        Ok(())
+    }
+
+    fn end_write(&mut self) -> Result<(), StoreError> {
+        self.release_write();
+        Ok(())
     }
 
     fn version(&mut self) -> Result<(u64, i64), StoreError> {
@@ -840,162 +1040,23 @@ impl Store for SqliteStore {
         audit: &Audit<'_>,
         expected: u64,
     ) -> Result<u64, StoreError> {
+        if self.writing && !self.same_file() {
+            // Diagnosed (and the data written back) outside the transaction.
+            self.release_write();
+        }
         self.writable()?;
         // IMMEDIATE takes the file's write lock before reading the head of
-        // the log, so no other process can commit between the check and ours.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let actual: i64 = tx
-            .query_row("SELECT COALESCE(MAX(version), 0) FROM changes", [], |r| {
-                r.get(0)
-            })
-            .map_err(db)?;
-        if actual as u64 != expected {
-            return Err(StoreError::Behind {
-                expected,
-                actual: actual as u64,
-            });
+        // the log, so no other process can commit between the check and
+        // ours (already held when `begin_write` queued this write).
+        if !self.writing {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+            self.writing = true;
         }
-        match change {
-            Change::PutOrg { org, uid, domains } => {
-                tx.execute(
-                    "INSERT OR IGNORE INTO orgs (id, uid) VALUES (?1, ?2)",
-                    params![org, *uid as i64],
-                )
-                .map_err(db)?;
-                tx.execute("DELETE FROM domains WHERE org = ?1", [org])
-                    .map_err(db)?;
-                let mut stmt = tx
-                    .prepare("INSERT INTO domains (org, name, numeric_id) VALUES (?1, ?2, ?3)")
-                    .map_err(db)?;
-                for d in domains {
-                    stmt.execute(params![org, d.name, d.id.map(|i| i as i64)])
-                        .map_err(db)?;
-                }
-            }
-            Change::PutUser { user } => put_user(&tx, user).map_err(db)?,
-            Change::DeactivateUser { user, at, .. } => {
-                put_user(&tx, user).map_err(db)?;
-                revoke_user_keys(&tx, &user.org, &user.id, *at).map_err(db)?;
-            }
-            Change::DeleteUser { org, user, at, .. } => {
-                tx.execute(
-                    "DELETE FROM users WHERE org = ?1 AND id = ?2",
-                    params![org, user],
-                )
-                .map_err(db)?;
-                revoke_user_keys(&tx, org, user, *at).map_err(db)?;
-            }
-            Change::CreateKeys { keys } => {
-                for k in keys {
-                    insert_key(&tx, k).map_err(db)?;
-                }
-            }
-            Change::RotateKey {
-                id,
-                at,
-                expires_at,
-                new,
-                ..
-            } => {
-                insert_key(&tx, new).map_err(db)?;
-                let mut old = self_key(&tx, id)?;
-                old.lifecycle.rotated_at = Some(*at);
-                old.lifecycle.replaced_by = Some(new.id.clone());
-                tx.execute(
-                    "UPDATE keys SET expires_at = ?2, lifecycle = ?3 WHERE id = ?1",
-                    params![id, expires_at, crate::model::lifecycle_json(&old.lifecycle)],
-                )
-                .map_err(db)?;
-            }
-            Change::UpdateKey {
-                id,
-                rate_limit,
-                shadow,
-                ..
-            } => {
-                let mut old = self_key(&tx, id)?;
-                old.lifecycle.rate_limit = *rate_limit;
-                old.lifecycle.shadow = shadow.clone();
-                tx.execute(
-                    "UPDATE keys SET lifecycle = ?2 WHERE id = ?1",
-                    params![id, crate::model::lifecycle_json(&old.lifecycle)],
-                )
-                .map_err(db)?;
-            }
-            Change::SetOrgRateLimit { org, rate_limit } => {
-                tx.execute(
-                    "UPDATE orgs SET rate_limit = ?2 WHERE id = ?1",
-                    params![
-                        org,
-                        rate_limit
-                            .map(|r| serde_json::to_string(&r).expect("a rate limit serialises"))
-                    ],
-                )
-                .map_err(db)?;
-            }
-            Change::RevokeKey { id, at, .. } => {
-                tx.execute(
-                    "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                    params![id, at],
-                )
-                .map_err(db)?;
-            }
-            Change::PutServer { org, server } => {
-                tx.execute(
-                    "INSERT INTO servers (org, name, numeric_id) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (org, name) DO UPDATE SET numeric_id = ?3",
-                    params![org, server.name, server.id as i64],
-                )
-                .map_err(db)?;
-            }
-            Change::DeleteServer { org, server } => {
-                tx.execute(
-                    "DELETE FROM servers WHERE org = ?1 AND name = ?2",
-                    params![org, server],
-                )
-                .map_err(db)?;
-                let members: Vec<(String, String)> = {
-                    let mut stmt = tx
-                        .prepare(
-                            "SELECT id, servers FROM users WHERE org = ?1 AND servers IS NOT NULL",
-                        )
-                        .map_err(db)?;
-                    let rows = stmt
-                        .query_map([org], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .map_err(db)?;
-                    rows.collect::<Result<_, _>>().map_err(db)?
-                };
-                for (id, text) in members {
-                    let mut servers = parse_access(&text)?;
-                    if servers.remove(server).is_some() {
-                        tx.execute(
-                            "UPDATE users SET servers = ?3 WHERE org = ?1 AND id = ?2",
-                            params![org, id, servers_json(&servers)],
-                        )
-                        .map_err(db)?;
-                    }
-                }
-            }
-        }
-        let version = expected + 1;
-        tx.execute(
-            "INSERT INTO changes (version, at_ms, actor, kind, subject, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                version as i64,
-                audit.at_ms,
-                audit.actor,
-                change.kind(),
-                change.subject(),
-                change.payload()
-            ],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(version)
+        let result = self
+            .commit_locked(change, audit, expected)
+            .and_then(|v| self.conn.execute_batch("COMMIT").map_err(db).map(|()| v));
+        self.release_write();
+        result
     }
 
     fn changes_since(
@@ -1004,8 +1065,9 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<(Vec<LogEntry>, u64), StoreError> {
         self.current()?;
-        // One read transaction, so the head and the entries agree.
-        let tx = self.conn.transaction().map_err(db)?;
+        // One read transaction (nested in a queued write), so the head and
+        // the entries agree.
+        let tx = self.conn.savepoint().map_err(db)?;
         let head: i64 = tx
             .query_row("SELECT COALESCE(MAX(version), 0) FROM changes", [], |r| {
                 r.get(0)
