@@ -9,11 +9,11 @@
 //!   `mount -o remount,ro` while files are open for writing, and a
 //!   filesystem turned read-only on an error stays so until unmounted, so
 //!   its recovery is a repair and a restart;
-//! - **deleted**: the store file removed under the gateway; and under two
-//!   processes sharing it, where the one that did not write the copy back
-//!   fails closed once the copy is there.
+//! - **deleted**: the store file removed under the gateway, alone and
+//!   shared by two processes: written back and switched to with no restart
+//!   (no write refused); and replaced by another store, which is refused.
 //!
-//! Each: an admin write answers 503 `store_unavailable` with `Retry-After`
+//! Full and read-only: an admin write answers 503 `store_unavailable` with `Retry-After`
 //! and a message naming the file and the cause; the store's version and the
 //! admin reads are unchanged; a key created before the fault is still
 //! admitted (the upstream sees the request) and one revoked before is still
@@ -509,8 +509,22 @@ fn a_filesystem_turned_read_only_refuses_writes_cleanly_and_loses_nothing() {
     drop(mount);
 }
 
+/// Waits (up to 5 s) until `cond` holds: how long it took.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+fn occurrences(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
 #[test]
-fn a_store_file_removed_under_the_gateway_is_written_back_and_nothing_is_lost() {
+fn a_store_file_removed_under_the_gateway_is_written_back_and_used_without_a_restart() {
     let _serial = serial();
     // No mount needed: any directory will do.
     let work = tempfile::tempdir().unwrap();
@@ -518,54 +532,63 @@ fn a_store_file_removed_under_the_gateway_is_written_back_and_nothing_is_lost() 
     let mut gw = s.start();
     let (_, live, revoked) = populate(&gw);
     let before = version(&gw);
+    let written_back = "was removed while this process had it open: wrote the data it held";
 
+    // Removed, and an admin write comes first: it writes the data back,
+    // switches to the copy and succeeds.
     std::fs::remove_file(&s.store).unwrap();
-    let message = assert_refused_cleanly(
-        &s,
-        &gw,
-        "deleted",
-        &live,
-        &revoked,
-        &["was removed", &format!("version {before}"), "restart"],
-    );
-    eprintln!("removed store file: {message}");
-    // The copy it wrote back holds everything, and is never an empty store.
-    // (Read from a copy of it: opening the path itself while the removed
-    // file's WAL lies beside it is what the gateway never does.)
-    let inspect = work.path().join("inspect.db");
-    std::fs::copy(&s.store, &inspect).unwrap();
-    let copy = scopegate_keystore::SqliteStore::open(&inspect).unwrap();
-    let mut copy: Box<dyn scopegate_keystore::Store> = Box::new(copy);
-    assert_eq!(copy.version().unwrap().0, before);
-    drop(copy);
-
-    // SIGKILLed, it leaves the removed file's WAL beside the copy; the
-    // restarted gateway moves it aside instead of replaying it into the copy.
-    let restarted = Instant::now();
-    gw.restart();
+    let first = create_key(&gw, "right-after-the-removal");
+    ok(&first);
+    assert!(s.store.exists(), "the data was not written back");
+    assert_eq!(version(&gw), before + 1);
+    let first = first.json()["key"].as_str().unwrap().to_string();
+    assert_eq!(through(&s, &gw, &first), (200, true));
+    assert_eq!(through(&s, &gw, &live), (200, true));
+    assert_eq!(through(&s, &gw, &revoked).0, 401);
+    // The removed file's WAL was moved aside, not replayed into the copy.
     let mut wal = s.store.clone().into_os_string();
     wal.push("-wal.removed");
     assert!(
         Path::new(&wal).exists(),
         "the removed file's WAL was not set aside"
     );
-    assert_eq!(version(&gw), before);
-    assert_eq!(through(&s, &gw, &live), (200, true));
-    assert_eq!(through(&s, &gw, &revoked).0, 401);
-    let (took, created) = first_success("after the restart", || create_key(&gw, "after"));
-    eprintln!(
-        "removed store file: restart and first write {:?} (write {took:?})",
-        restarted.elapsed()
-    );
-    let new = created.json()["key"].as_str().unwrap().to_string();
+    // Once the follower's connection to the removed file is closed too (the
+    // last one to it), a write must still survive a SIGKILL: closing it must
+    // not checkpoint or delete `keys.db-wal`, which is now the copy's.
+    wait_for("the follower reopens its watcher on the copy", || {
+        s.log().contains("lost the store's change notifications")
+            && occurrences(&s.log(), written_back) == 1
+    });
+    let second = create_key(&gw, "after-the-switch");
+    ok(&second);
+    let second = second.json()["key"].as_str().unwrap().to_string();
+
+    // Removed again, with no write coming: the follower writes it back
+    // within its poll interval, so the data is safe before any write.
+    std::fs::remove_file(&s.store).unwrap();
+    let took = wait_for("the follower writes the data back", || {
+        s.store.exists() && occurrences(&s.log(), written_back) == 2
+    });
+    eprintln!("removed store file: written back by the follower after {took:?}");
+    assert_eq!(version(&gw), before + 2);
+
+    // SIGKILL: every change is in the file at the path.
     gw.restart();
-    assert_eq!(version(&gw), before + 1);
-    assert_eq!(through(&s, &gw, &new), (200, true));
+    assert_eq!(version(&gw), before + 2);
+    for secret in [&first, &second, &live] {
+        assert_eq!(through(&s, &gw, secret), (200, true));
+    }
     assert_eq!(through(&s, &gw, &revoked).0, 401);
+    ok(&create_key(&gw, "after-the-restart"));
+    assert_eq!(version(&gw), before + 3);
+    let log = s.log();
+    for secret in [&first, &second, &live, &revoked] {
+        assert!(!log.contains(secret.as_str()), "a key in the log");
+    }
 }
 
 #[test]
-fn processes_sharing_a_removed_store_file_keep_agreeing_or_fail_closed_and_recover_on_restart() {
+fn processes_sharing_a_removed_store_file_agree_on_the_copy_one_writes_back() {
     let _serial = serial();
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("keys.db");
@@ -581,63 +604,118 @@ fn processes_sharing_a_removed_store_file_keep_agreeing_or_fail_closed_and_recov
         max_staleness_ms: 500,
         threads: 1,
     };
-    let mut a = Instance::start(&spec, work.path(), "a");
-    let mut b = Instance::start(&spec, work.path(), "b");
+    let logs = [work.path().join("a.log"), work.path().join("b.log")];
+    let mut a = Instance::start_logged(&spec, work.path(), "a", Some(logs[0].clone()));
+    let mut b = Instance::start_logged(&spec, work.path(), "b", Some(logs[1].clone()));
+    let log = |n: usize| std::fs::read_to_string(&logs[n]).unwrap_or_default();
     let (_, live, revoked) = populate(&a);
     let admitted = |i: &Instance, secret: &str| {
         i.send(Request::new("GET", &format!("/domains/{DOMAIN}")).bearer(secret))
             .status
     };
-    let wait = |what: &str, mut cond: Box<dyn FnMut() -> bool + '_>| {
-        let start = Instant::now();
-        while !cond() {
-            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        start.elapsed()
-    };
-    wait("b follows a", Box::new(|| admitted(&b, &live) == 200));
+    wait_for("b follows a", || admitted(&b, &live) == 200);
     let before = version(&a);
 
-    // Removed, nothing in its place: both still read the same (removed)
-    // file, so both stay current and keep serving.
+    // Removed: each follower notices; one writes the data back, the other
+    // finds that copy at the path, sees its log continue its own, and
+    // switches to it too.
     std::fs::remove_file(&store).unwrap();
-    std::thread::sleep(Duration::from_millis(3 * spec.max_staleness_ms));
+    let took = wait_for("both switch to the copy", || {
+        (0..2).all(|n| log(n).contains("switched to it"))
+    });
+    eprintln!("shared removed store file: both processes on the copy after {took:?}");
+    let (la, lb) = (log(0), log(1));
+    assert!(
+        la.contains("wrote the data it held") != lb.contains("wrote the data it held"),
+        "exactly one process writes the data back:\n{la}\n{lb}"
+    );
+    assert!(store.exists());
+    // Both follow the copy, both directions, no restart.
+    let r = create_key(&b, "through-b");
+    ok(&r);
+    let via_b = r.json()["key"].as_str().unwrap().to_string();
+    wait_for("a sees b's key", || admitted(&a, &via_b) == 200);
+    let r = create_key(&a, "through-a");
+    ok(&r);
+    let via_a = r.json()["key"].as_str().unwrap().to_string();
+    wait_for("b sees a's key", || admitted(&b, &via_a) == 200);
     for i in [&a, &b] {
+        assert_eq!(version(i), before + 2);
         assert_eq!(admitted(i, &live), 200);
         assert_eq!(admitted(i, &revoked), 401);
-        assert!(i.status()["staleness_ms"].as_u64().unwrap() < spec.max_staleness_ms);
+        assert_eq!(Request::new("GET", "/readyz").send(i.admin).status, 200);
     }
 
-    // A write through a: refused, and a writes the data back. b now sees
-    // another file at the path, which it cannot follow: it fails closed.
-    let r = create_key(&a, "refused");
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.text().contains("wrote the data it holds"), "{}", r.text());
-    let failed_closed = wait("b fails closed", Box::new(|| admitted(&b, &live) == 503));
-    eprintln!("shared file replaced: the other process failed closed after {failed_closed:?}");
-    let r = b.send(Request::new("GET", &format!("/domains/{DOMAIN}")).bearer(&live));
-    assert_eq!(r.error_code(), "store_unavailable", "{}", r.text());
-    assert_eq!(Request::new("GET", "/readyz").send(b.admin).status, 503);
-    let r = create_key(&b, "refused");
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(r.error_code(), "store_unavailable");
-    // a still holds every change there is: it keeps serving.
-    assert_eq!(admitted(&a, &live), 200);
-    assert_eq!(admitted(&a, &revoked), 401);
-    assert_eq!(Request::new("GET", "/readyz").send(a.admin).status, 200);
-
-    // Stop both, start both: the copy, with every change, for both.
+    // SIGKILL both, start both: every change is in the file at the path.
     a.kill();
     b.kill();
     a.restart();
     b.restart();
-    assert_eq!(version(&a), before);
-    assert_eq!(version(&b), before);
-    let created = create_key(&b, "after");
-    ok(&created);
-    let new = created.json()["key"].as_str().unwrap().to_string();
-    wait("a follows b", Box::new(|| admitted(&a, &new) == 200));
-    assert_eq!(admitted(&a, &revoked), 401);
-    assert_eq!(admitted(&b, &live), 200);
+    for i in [&a, &b] {
+        assert_eq!(version(i), before + 2);
+        assert_eq!(admitted(i, &via_a), 200);
+        assert_eq!(admitted(i, &via_b), 200);
+        assert_eq!(admitted(i, &revoked), 401);
+    }
+}
+
+#[test]
+fn a_store_file_replaced_by_another_store_is_refused_and_the_gateway_fails_closed() {
+    let _serial = serial();
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("keys.db");
+    let (sending, domains) = (
+        MockUpstream::spawn("sending").unwrap(),
+        MockUpstream::spawn("domains").unwrap(),
+    );
+    let spec = FleetSpec {
+        store: store.display().to_string(),
+        sending: sending.addr(),
+        domains: domains.addr(),
+        poll_interval_ms: 50,
+        max_staleness_ms: 500,
+        threads: 1,
+    };
+    let gw = Instance::start(&spec, work.path(), "gw");
+    let (_, live, _) = populate(&gw);
+    let before = version(&gw);
+    // Another store (its log does not hold this one's changes) renamed over
+    // the path: an old backup, or the wrong file.
+    let other = work.path().join("other.db");
+    drop(scopegate_keystore::SqliteStore::open(&other).unwrap());
+    std::fs::rename(&other, &store).unwrap();
+
+    // This process's WAL is beside the new file, and SQLite would read it
+    // as the new file's.
+    let r = create_key(&gw, "refused");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "store_unavailable");
+    assert!(
+        r.text().contains("was replaced by another file") && r.text().contains("is this process's"),
+        "{}",
+        r.text()
+    );
+    // Without it, the new file's change log does not hold this one's changes.
+    for suffix in ["-wal", "-shm"] {
+        let mut file = store.clone().into_os_string();
+        file.push(suffix);
+        std::fs::remove_file(file).unwrap();
+    }
+    let r = create_key(&gw, "refused");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("does not continue this one's"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(version(&gw), before);
+    // Changes committed there would never reach it: it stops confirming its
+    // snapshot and fails closed.
+    let took = wait_for("the gateway fails closed", || {
+        gw.send(Request::new("GET", &format!("/domains/{DOMAIN}")).bearer(&live))
+            .status
+            == 503
+    });
+    eprintln!("store file replaced by another store: failed closed after {took:?}");
+    assert_eq!(Request::new("GET", "/readyz").send(gw.admin).status, 503);
 }

@@ -296,6 +296,7 @@ fn start_follower(
             "lost the store's change notifications ({e}); polling until they are back"
         ),
         FollowEvent::WatcherBack => log::info!("store change notifications restored"),
+        FollowEvent::Notice(n) => log::warn!("{n}"),
     }
     })?;
     Ok(follower)

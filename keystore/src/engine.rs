@@ -439,6 +439,12 @@ impl KeyStore {
         self.catch_up(&mut guard)
     }
 
+    /// What happened to the store that the operator must hear of though
+    /// nothing failed (see [`Store::take_notices`]); each is returned once.
+    pub fn store_notices(&self) -> Vec<String> {
+        lock(&self.writer).store.take_notices()
+    }
+
     /// Opens a new wake-up source on the store for a follower.
     pub fn watcher(&self) -> Result<Box<dyn crate::store::Watcher>, Error> {
         Ok(lock(&self.writer).store.watcher()?)

@@ -31,6 +31,9 @@ pub enum FollowEvent<'a> {
     WatcherLost(&'a Error),
     /// The wake-up connection is open again.
     WatcherBack,
+    /// Something happened to the store that the operator must hear of,
+    /// though nothing failed (a removed store file written back).
+    Notice(&'a str),
 }
 
 /// The follower thread; stopped and joined on drop.
@@ -104,6 +107,9 @@ fn run(ks: &KeyStore, poll: Duration, stop: &AtomicBool, on_event: &dyn Fn(Follo
                 }
                 follow_ok = false;
             }
+        }
+        for notice in ks.store_notices() {
+            on_event(FollowEvent::Notice(&notice));
         }
         match watcher.as_mut() {
             Some(w) => {

@@ -91,9 +91,19 @@ pub struct SqliteStore {
     /// (device, inode) of the file `conn` opened, to notice the path being
     /// removed or replaced under it before a write goes nowhere durable.
     ident: Option<(u64, u64)>,
-    /// The copy this process wrote back after the file was removed: its
-    /// version, and its [`Stamp`] as written.
+    /// (device, inode) of the WAL beside it when it was opened: a file put
+    /// at the path while this one is in use has this same WAL beside it,
+    /// which SQLite would read as its own.
+    wal_ident: Option<(u64, u64)>,
+    /// The copy this process wrote back after the file was removed but
+    /// could not switch to: its version, and its [`Stamp`] as written.
     restored: Option<(u64, Stamp)>,
+    /// When writing a removed file back last failed, so the follower does
+    /// not retry a large copy on every poll (writes always retry).
+    failed_at: Option<std::time::Instant>,
+    /// What happened to the file that the operator must hear of (a removed
+    /// file written back, another file adopted), for the follower to log.
+    notices: Vec<String>,
     /// This connection holds the file's write lock, taken by
     /// [`Store::begin_write`] so the catch-up, the plan and the commit of
     /// one admin write are not overtaken by another process's writer.
@@ -120,6 +130,14 @@ fn db(e: rusqlite::Error) -> StoreError {
 
 /// (device, inode, modification time in s and ns, size) of a file.
 type Stamp = (u64, u64, i64, i64, u64);
+
+/// A change log entry's version, time, actor, kind and subject: what tells
+/// two logs apart at one version.
+type LogHead = (i64, i64, String, String, String);
+
+/// How often the follower retries writing a removed file back after a
+/// failure (every write retries at once).
+const RECOVER_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The [`Stamp`] of the file at `path`; `None` if there is none.
 fn stamp(path: &Path) -> std::io::Result<Option<Stamp>> {
@@ -166,14 +184,18 @@ fn set_aside_foreign_wal(path: &Path) -> Result<(), StoreError> {
     for suffix in ["-wal", "-shm"] {
         let file = beside(path, suffix);
         if file.exists() {
-            std::fs::rename(&file, beside(path, &format!("{suffix}.removed"))).map_err(|e| {
-                StoreError::Faulted {
+            std::fs::rename(&file, beside(path, &format!("{suffix}.removed"))).or_else(|e| {
+                // Another process moved it aside first.
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    return Ok(());
+                }
+                Err(StoreError::Faulted {
                     fault: Fault::Io,
                     reason: format!(
                         "{} belongs to a removed store file and cannot be moved aside: {e}",
                         file.display()
                     ),
-                }
+                })
             })?;
         }
     }
@@ -437,15 +459,17 @@ impl SqliteStore {
             fault: Fault::Io,
             reason: format!("cannot stat the store file {}: {e}", path.display()),
         })?;
+        self.wal_ident = identify(&beside(path, "-wal")).ok().flatten();
         self.path = Some(path.to_path_buf());
         Ok(())
     }
 
-    /// Refuses a write when the path no longer names the file this store
-    /// has open: SQLite would keep writing to the removed (or replaced)
-    /// file, and everything acknowledged after that would be gone at the
-    /// next start. A removed file is written back first (see
-    /// [`SqliteStore::restore`]), so a restart loses nothing.
+    /// Makes sure a write goes to the file at the path: SQLite would keep
+    /// writing to a removed (or replaced) file, and everything acknowledged
+    /// after that would be gone at the next start. A removed file is
+    /// written back and switched to ([`SqliteStore::recover`]); another file
+    /// whose log continues this one's is adopted
+    /// ([`SqliteStore::adopt`]); anything else refuses the write.
     fn writable(&mut self) -> Result<(), StoreError> {
         let (Some(path), Some(ident)) = (self.path.clone(), self.ident) else {
             return Ok(());
@@ -458,30 +482,15 @@ impl SqliteStore {
         if now == Some(ident) {
             return Ok(());
         }
-        let mut now = now;
-        if now.is_none() {
-            match self.restore(&path) {
-                Ok(r) => {
-                    self.restored = Some(r);
-                    now = Some((r.1 .0, r.1 .1));
-                }
-                Err(e) => {
-                    return Err(StoreError::Faulted {
-                        fault: Fault::Deleted,
-                        reason: format!(
-                            "the store file {p} was removed while this process had it open, and writing its data back failed ({e}); nothing was changed. Writes are refused, since they would go to the removed file and be lost at exit: put the file back (or free space for the copy, which is retried on the next write), then restart the gateway"
-                        ),
-                    })
-                }
-            }
-        }
-        let reason = match self.restored {
-            Some((version, copy)) if now == Some((copy.0, copy.1)) => format!(
-                "the store file {p} was removed while this process had it open; nothing was changed. The process wrote the data it holds (version {version}) back to {p}: restart the gateway to use it, nothing is lost. Writes are refused until then, since they would go to the removed file and be lost at exit"
-            ),
-            _ => format!(
-                "the store file {p} was replaced by another file while this process had it open; nothing was changed. Writes are refused, since they would go to the old file: restart the gateway to use the file now at {p}"
-            ),
+        let reason = match now {
+            None => match self.recover(&path) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
+            Some(_) => match self.adopt(&path) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
         };
         Err(StoreError::Faulted {
             fault: Fault::Deleted,
@@ -489,31 +498,153 @@ impl SqliteStore {
         })
     }
 
-    /// Whether reading the open file still shows every committed change: not
-    /// once another file is at the path (a backup put in place, or the copy
-    /// this process wrote back, opened and changed since by another
-    /// process), since changes committed there never reach this one. A
-    /// follower that gets this error stops confirming its snapshot, so the
-    /// proxy fails closed after `fleet.max_staleness_ms`, as when a database
-    /// is unreachable. A removed file with nothing in its place is current:
-    /// nobody can commit anywhere else.
-    fn current(&self) -> Result<(), StoreError> {
-        let (Some(path), Some(ident)) = (&self.path, self.ident) else {
+    /// Whether reading the open file still shows every committed change.
+    /// A removed file with nothing in its place is current (nobody can
+    /// commit anywhere else), but it is written back and switched to here
+    /// too, so the data is safe before the next write comes. Another file
+    /// at the path is adopted if its log continues this one's; if not
+    /// (a backup put in place), changes committed there never reach this
+    /// process: a follower that gets this error stops confirming its
+    /// snapshot, so the proxy fails closed after `fleet.max_staleness_ms`,
+    /// as when a database is unreachable.
+    fn current(&mut self) -> Result<(), StoreError> {
+        let (Some(path), Some(ident)) = (self.path.clone(), self.ident) else {
             return Ok(());
         };
-        let Ok(Some(now)) = stamp(path) else {
-            return Ok(());
+        let now = match identify(&path) {
+            Ok(Some(now)) if now == ident => return Ok(()),
+            Ok(now) => now,
+            // Cannot tell: reads of the open file go on.
+            Err(_) => return Ok(()),
         };
-        if (now.0, now.1) == ident || self.restored.is_some_and(|(_, copy)| copy == now) {
+        if !self.conn.is_autocommit() {
+            // Inside a write: its commit deals with it.
             return Ok(());
         }
-        let p = path.display();
-        Err(StoreError::Faulted {
+        if now.is_none() {
+            let due = self.failed_at.is_none_or(|t| t.elapsed() >= RECOVER_RETRY);
+            if due && self.recover(&path).is_err() {
+                self.failed_at = Some(std::time::Instant::now());
+            }
+            return Ok(());
+        }
+        self.adopt(&path).map_err(|reason| StoreError::Faulted {
             fault: Fault::Deleted,
-            reason: format!(
-                "the store file {p} was replaced by another file while this process had it open; changes committed there never reach this process, so it no longer confirms its snapshot (the proxy fails closed after fleet.max_staleness_ms): restart it to use the file now at {p}"
-            ),
+            reason,
         })
+    }
+
+    /// The path is empty: writes the data the open (removed) file holds back
+    /// to it and switches every later read and write to that copy. Errors
+    /// are the message for the refused write.
+    fn recover(&mut self, path: &Path) -> Result<(), String> {
+        let p = path.display();
+        if let Some((version, copy)) = self.restored {
+            // Written back earlier, but switching to it failed.
+            return match stamp(path) {
+                Ok(Some(now)) if now == copy => self.switch(path, version).map_err(|e| {
+                    format!(
+                        "the store file {p} was removed while this process had it open; nothing was changed. The process wrote the data it holds (version {version}) back to {p} but cannot open it ({e}): restart the gateway to use it, nothing is lost. Writes are refused until then, since they would go to the removed file and be lost at exit"
+                    )
+                }),
+                _ => Err(format!(
+                    "the store file {p} was replaced by another file while this process had it open; nothing was changed. Writes are refused, since they would go to the old file: restart the gateway to use the file now at {p}"
+                )),
+            };
+        }
+        let (version, copy) = self.restore(path).map_err(|e| {
+            format!(
+                "the store file {p} was removed while this process had it open, and writing its data back failed ({e}); nothing was changed. Writes are refused, since they would go to the removed file and be lost at exit: put the file back or free space for the copy (it is retried on the next write, and by the follower every few seconds)"
+            )
+        })?;
+        self.restored = Some((version, copy));
+        self.recover(path)?;
+        self.notices.push(format!(
+            "the store file {p} was removed while this process had it open: wrote the data it held (version {version}) back to {p} and switched to it; nothing was lost"
+        ));
+        Ok(())
+    }
+
+    /// Another file is at the path. If its change log holds this store's
+    /// last entry unchanged (the copy another process on the same removed
+    /// file wrote back, or a newer backup of this same store), it is this
+    /// store's history continued: switch to it and follow it. Anything else
+    /// (an older backup, another store) is refused.
+    fn adopt(&mut self, path: &Path) -> Result<(), String> {
+        let p = path.display();
+        let refused = format!(
+            "the store file {p} was replaced by another file while this process had it open, whose change log does not continue this one's; nothing was changed. Changes committed there never reach this process, so writes are refused and its snapshot is no longer confirmed (the proxy fails closed after fleet.max_staleness_ms): restart it to use the file now at {p}"
+        );
+        let head = |conn: &Connection, at: Option<i64>| -> rusqlite::Result<Option<LogHead>> {
+            conn.query_row(
+                "SELECT version, at_ms, actor, kind, subject FROM changes
+                 WHERE version = COALESCE(?1, (SELECT MAX(version) FROM changes))",
+                [at],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+        };
+        let ours = head(&self.conn, None).map_err(|e| format!("{refused} ({e})"))?;
+        // A file moved onto the path while this one is in use has this
+        // one's WAL beside it: SQLite would read it as that file's own.
+        if self.wal_ident.is_some()
+            && identify(&beside(path, "-wal")).ok().flatten() == self.wal_ident
+        {
+            return Err(format!(
+                "the store file {p} was replaced by another file while this process had it open, and the WAL beside it ({p}-wal) is this process's, which SQLite would read as the new file's; nothing was changed. Writes are refused and the snapshot is no longer confirmed (the proxy fails closed after fleet.max_staleness_ms). To use the new file: stop every process on the store, remove {p}-wal and {p}-shm, then start them"
+            ));
+        }
+        // A copy just written back may still have the removed file's WAL
+        // beside it, which SQLite would read as the copy's.
+        set_aside_foreign_wal(path).map_err(|e| format!("{refused} ({e})"))?;
+        let theirs = (|| {
+            let conn =
+                Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(db)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(db)?;
+            head(&conn, Some(ours.as_ref().map_or(0, |h| h.0))).map_err(db)
+        })()
+        .map_err(|e| format!("{refused} ({e})"))?;
+        if ours.is_none() || ours != theirs {
+            return Err(refused);
+        }
+        let version = ours.map_or(0, |h| h.0 as u64);
+        self.switch(path, version)
+            .map_err(|e| format!("{refused} ({e})"))?;
+        self.notices.push(format!(
+            "the store file {p} was replaced by another file while this process had it open; its change log continues this one's (version {version}), so this process switched to it"
+        ));
+        Ok(())
+    }
+
+    /// Replaces this store's connection with one to the file now at `path`,
+    /// which holds at least `version`. The removed file's WAL is moved
+    /// aside first (the copy is in rollback-journal mode, which
+    /// [`SqliteStore::connect`] takes as that sign). Closing a connection
+    /// to the removed file later neither checkpoints nor deletes
+    /// `<path>-wal` by name (now the new file's): SQLite skips both for a
+    /// file that has moved (`SQLITE_FCNTL_HAS_MOVED`), which the restart
+    /// test in `tests/store_faults.rs` relies on.
+    fn switch(&mut self, path: &Path, version: u64) -> Result<(), String> {
+        let mut next = Self::configure(Self::connect(path, true).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        next.migrate().map_err(|e| e.to_string())?;
+        next.set_path(path).map_err(|e| e.to_string())?;
+        let (head, _) = Store::version(&mut next).map_err(|e| e.to_string())?;
+        if head < version {
+            return Err(format!(
+                "it holds version {head}, behind the {version} this process had"
+            ));
+        }
+        std::mem::swap(&mut self.conn, &mut next.conn);
+        self.ident = next.ident;
+        self.wal_ident = next.wal_ident;
+        self.restored = None;
+        self.failed_at = None;
+        // Closes the connection to the removed (or replaced) file.
+        drop(next);
+        Ok(())
     }
 
     /// Writes what the open connection still reads (the removed file and its
@@ -612,7 +743,10 @@ impl SqliteStore {
             conn,
             path: None,
             ident: None,
+            wal_ident: None,
             restored: None,
+            failed_at: None,
+            notices: Vec::new(),
             writing: false,
         })
     }
@@ -847,6 +981,10 @@ fn self_key(tx: &Connection, id: &str) -> Result<KeyRecord, StoreError> {
 struct DataVersionWatcher {
     conn: Connection,
     last: i64,
+    /// The file's path and (device, inode): once the path names another
+    /// file (a removed one written back), this connection watches nothing.
+    path: std::path::PathBuf,
+    ident: Option<(u64, u64)>,
 }
 
 /// How often [`DataVersionWatcher`] probes: propagation between processes on
@@ -859,7 +997,12 @@ impl DataVersionWatcher {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
         let last = Self::probe(&conn)?;
-        Ok(DataVersionWatcher { conn, last })
+        Ok(DataVersionWatcher {
+            conn,
+            last,
+            path: path.to_path_buf(),
+            ident: identify(path).ok().flatten(),
+        })
     }
 
     fn probe(conn: &Connection) -> Result<i64, StoreError> {
@@ -872,6 +1015,15 @@ impl Watcher for DataVersionWatcher {
     fn wait(&mut self, timeout: std::time::Duration) -> Result<bool, StoreError> {
         let until = std::time::Instant::now() + timeout;
         loop {
+            if identify(&self.path).ok().flatten() != self.ident {
+                return Err(StoreError::Faulted {
+                    fault: Fault::Deleted,
+                    reason: format!(
+                        "the store file {} was removed or replaced",
+                        self.path.display()
+                    ),
+                });
+            }
             let now = Self::probe(&self.conn)?;
             if now != self.last {
                 self.last = now;
@@ -945,6 +1097,10 @@ impl Store for SqliteStore {
     fn end_write(&mut self) -> Result<(), StoreError> {
         self.release_write();
         Ok(())
+    }
+
+    fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
     }
 
     fn version(&mut self) -> Result<(u64, i64), StoreError> {

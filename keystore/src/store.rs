@@ -336,6 +336,12 @@ pub trait Store: Send {
     fn end_write(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// What happened to the store that the operator must hear of though no
+    /// request failed (a removed SQLite file written back and switched to),
+    /// oldest first; each is returned once.
+    fn take_notices(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// Drops the payloads of entries at or below `version` (the audit columns
     /// stay). Followers behind that point reload the whole snapshot.
     fn prune_payloads(&mut self, version: u64) -> Result<u64, StoreError>;

@@ -51,6 +51,16 @@ impl FleetSpec {
 impl Instance {
     /// Writes a config into `dir` and starts an instance from it.
     pub fn start(spec: &FleetSpec, dir: &Path, name: &str) -> Instance {
+        Self::start_logged(spec, dir, name, None)
+    }
+
+    /// [`Instance::start`], its log appended to `log` (inherited if `None`).
+    pub fn start_logged(
+        spec: &FleetSpec,
+        dir: &Path,
+        name: &str,
+        log: Option<PathBuf>,
+    ) -> Instance {
         let proxy = free_port();
         let admin = free_port();
         let config = dir.join(format!("{name}.toml"));
@@ -73,7 +83,7 @@ impl Instance {
             proxy,
             admin,
             config,
-            log: None,
+            log,
             child: None,
         };
         i.spawn();
