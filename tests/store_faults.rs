@@ -439,6 +439,61 @@ fn a_full_disk_refuses_writes_cleanly_and_recovers_once_space_is_freed() {
 }
 
 #[test]
+fn a_store_file_removed_on_a_full_disk_is_refused_until_space_is_freed_then_written_back() {
+    need_mounts!();
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = Mount::tmpfs(&mnt, "4m").unwrap();
+    let s = Setup::new(work.path(), mnt.join("keys.db"));
+    let mut gw = s.start();
+    let (_, live, revoked) = populate(&gw);
+    let before = version(&gw);
+    let filler = mount.dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    // Removed with no room for the copy: writes refused, saying so.
+    std::fs::remove_file(&s.store).unwrap();
+    let message = assert_refused_cleanly(
+        &s,
+        &gw,
+        "deleted",
+        &live,
+        &revoked,
+        &["was removed", "writing its data back failed", "free space"],
+    );
+    eprintln!("removed on a full disk: {message}");
+    assert!(!s.store.exists(), "a partial copy at the path");
+    let leftovers: Vec<_> = std::fs::read_dir(&mount.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary copies left: {leftovers:?}");
+
+    // Space freed: the next write writes the data back and succeeds.
+    std::fs::remove_file(&filler).unwrap();
+    let (took, created) = first_success("after freeing space", || create_key(&gw, "after"));
+    eprintln!("removed on a full disk: first successful write {took:?} after the space was freed");
+    assert!(s.store.exists());
+    assert_eq!(version(&gw), before + 1);
+    let new = created.json()["key"].as_str().unwrap().to_string();
+    gw.restart();
+    assert_eq!(version(&gw), before + 1);
+    assert_eq!(through(&s, &gw, &new), (200, true));
+    assert_eq!(through(&s, &gw, &live), (200, true));
+    assert_eq!(through(&s, &gw, &revoked).0, 401);
+    drop(gw);
+    drop(mount);
+}
+
+#[test]
 fn a_filesystem_turned_read_only_refuses_writes_cleanly_and_loses_nothing() {
     need_mounts!();
     let work = tempfile::tempdir().unwrap();
