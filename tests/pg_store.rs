@@ -4,6 +4,7 @@
 //!
 //! - migrations when six instances open a fresh database at once; a store of
 //!   another pepper, a newer schema, and a password that must not leak;
+//!   running instances that meet a schema a newer scopegate migrated to;
 //! - the whole model round-trips (reopen: same decisions);
 //! - a second instance follows the first; writes through both interleave
 //!   into one gap-free log and both converge;
@@ -204,6 +205,34 @@ fn another_pepper_a_newer_schema_and_a_bad_url_are_refused() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn running_instances_stop_at_a_schema_a_newer_scopegate_migrated_to() {
+    let url = fresh_database_url();
+    let (a, b) = (open(&url), open(&url));
+    seed(&a);
+    let (first, _) = create(&a, new_key("owner@o.test"));
+    b.follow().unwrap();
+    assert!(admitted(&b, &first));
+    // A newer scopegate migrates the database past this one and commits.
+    let (second, _) = create(&a, new_key("owner@o.test"));
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute("UPDATE scopegate_schema SET version = version + 1")
+        .unwrap();
+    let at = b.status().version;
+    let e = b.follow().unwrap_err();
+    assert!(e.message.contains("upgrade this instance"), "{e}");
+    assert_eq!(b.status().version, at, "applied a change it may misread");
+    assert!(!admitted(&b, &second));
+    assert!(admitted(&b, &first));
+    let head = a.status().version;
+    let e = a
+        .create_key(ACTOR, "o", new_key("owner@o.test"), NOW)
+        .unwrap_err();
+    assert!(e.message.contains("upgrade this instance"), "{e}");
+    assert_eq!(a.status().version, head);
 }
 
 #[test]

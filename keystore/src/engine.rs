@@ -465,6 +465,11 @@ impl KeyStore {
         loop {
             let at = next.as_ref().map_or(cur.version, |s| s.version);
             let (entries, head) = store.changes_since(at, CATCH_UP_BATCH)?;
+            if head > at {
+                // Changes to apply (or reload): written by a version this
+                // one can read correctly?
+                store.check_schema()?;
+            }
             if head < cur.version {
                 return Err(StoreError::Incompatible(format!(
                     "the store's change log is at version {head}, behind the {} this instance holds: was the database restored from an older backup? refusing to follow it",
@@ -633,6 +638,7 @@ impl KeyStore {
         loop {
             attempt += 1;
             self.catch_up(guard)?;
+            guard.store.check_schema()?;
             let Writer { store, intern } = &mut *guard;
             let started = self.fresh.now_us();
             let cur = self.current.load_full();

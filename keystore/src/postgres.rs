@@ -996,6 +996,15 @@ impl Store for PostgresStore {
         }
     }
 
+    fn check_schema(&mut self) -> Result<(), StoreError> {
+        let found = schema_version(&mut self.client);
+        let found = found.map_err(|e| self.fail(e))?;
+        if found > MIGRATIONS.len() {
+            return Err(crate::store::newer_schema(found, MIGRATIONS.len()));
+        }
+        Ok(())
+    }
+
     fn end_write(&mut self) -> Result<(), StoreError> {
         if self.broken || self.client.is_closed() {
             // The session, and with it the lock, is gone already.

@@ -1099,6 +1099,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn check_schema(&mut self) -> Result<(), StoreError> {
+        let found = self.schema_version()?;
+        if found > MIGRATIONS.len() {
+            return Err(crate::store::newer_schema(found, MIGRATIONS.len()));
+        }
+        Ok(())
+    }
+
     fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
     }

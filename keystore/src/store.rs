@@ -265,6 +265,13 @@ pub struct Audit<'a> {
     pub at_ms: i64,
 }
 
+/// The error of a store migrated past what this scopegate knows.
+pub fn newer_schema(found: usize, known: usize) -> StoreError {
+    StoreError::Incompatible(format!(
+        "the store was migrated to schema version {found} by a newer scopegate; this one knows {known} and could misread what that version writes, so it neither applies nor makes changes (the proxy fails closed after fleet.max_staleness_ms): upgrade this instance"
+    ))
+}
+
 /// Payloads larger than this are not kept in the log (a bulk import of a
 /// million keys would be hundreds of megabytes): followers reload instead.
 pub const MAX_PAYLOAD_BYTES: usize = 4 << 20;
@@ -336,6 +343,11 @@ pub trait Store: Send {
     fn end_write(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Refuses ([`StoreError::Incompatible`]) a store whose schema a newer
+    /// scopegate has migrated past what this one knows since it was opened:
+    /// its changes may carry what this version would drop (a key's server
+    /// binding, say), so this instance must neither apply them nor write.
+    fn check_schema(&mut self) -> Result<(), StoreError>;
     /// What happened to the store that the operator must hear of though no
     /// request failed (a removed SQLite file written back and switched to),
     /// oldest first; each is returned once.

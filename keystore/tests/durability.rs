@@ -466,6 +466,9 @@ impl Store for FlakyStore {
     fn prune_payloads(&mut self, version: u64) -> Result<u64, StoreError> {
         self.inner.prune_payloads(version)
     }
+    fn check_schema(&mut self) -> Result<(), StoreError> {
+        self.inner.check_schema()
+    }
     fn check_pepper(&mut self, fingerprint: &str) -> Result<(), StoreError> {
         self.inner.check_pepper(fingerprint)
     }

@@ -264,3 +264,55 @@ fn staleness_grows_until_the_log_is_read_again() {
     ks.follow().unwrap();
     assert!(ks.staleness() < before);
 }
+
+#[test]
+fn an_instance_neither_applies_nor_makes_changes_past_a_schema_it_does_not_know() {
+    let (dir, a, b) = pair();
+    let db = dir.path().join("keys.db");
+    org(&a, "acme");
+    let (_, first) = key(&a, "acme");
+    b.follow().unwrap();
+    assert!(admits(&b, &first, "acme.example"));
+    // A newer scopegate migrates the file one step past this one and
+    // commits (played here by a change this version would misread as well
+    // as one it reads).
+    let (_, second) = key(&a, "acme");
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    let known: i64 = raw
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    raw.pragma_update(None, "user_version", known + 1).unwrap();
+
+    let at = b.status().version;
+    let e = b.follow().unwrap_err();
+    assert_eq!(e.store, Some("error"), "{e}");
+    assert!(e.message.contains("upgrade this instance"), "{e}");
+    assert_eq!(b.status().version, at, "applied a change it may misread");
+    assert!(!admits(&b, &second, "acme.example"));
+    assert!(
+        admits(&b, &first, "acme.example"),
+        "what it had still holds"
+    );
+
+    let head = a.status().version;
+    let e = a
+        .create_key(
+            ACTOR,
+            "acme",
+            NewKey {
+                user: "owner@acme.example".into(),
+                org_wide: true,
+                ..NewKey::default()
+            },
+            NOW,
+        )
+        .unwrap_err();
+    assert!(e.message.contains("upgrade this instance"), "{e}");
+    assert_eq!(
+        a.status().version,
+        head,
+        "wrote to a schema it does not know"
+    );
+    // Nor does it open the file again.
+    assert!(KeyStore::open_sqlite(&db, pepper()).is_err());
+}
