@@ -342,6 +342,35 @@ fn assert_refused_cleanly(
     message
 }
 
+/// A fleet on the SQLite file `store` that follows fast (poll 50 ms) and
+/// fails closed soon (500 ms), and its mock upstreams (keep them).
+fn fleet_spec(store: &Path) -> (FleetSpec, [MockUpstream; 2]) {
+    let (sending, domains) = (
+        MockUpstream::spawn("sending").unwrap(),
+        MockUpstream::spawn("domains").unwrap(),
+    );
+    let spec = FleetSpec {
+        store: store.display().to_string(),
+        sending: sending.addr(),
+        domains: domains.addr(),
+        poll_interval_ms: 50,
+        max_staleness_ms: 500,
+        threads: 1,
+    };
+    (spec, [sending, domains])
+}
+
+/// Fills the filesystem of `dir` to the last byte with one file, returned.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
 /// Retries `write` until it succeeds (it should at once): how long it took.
 fn first_success(what: &str, mut write: impl FnMut() -> Response) -> (Duration, Response) {
     let start = Instant::now();
@@ -372,15 +401,7 @@ fn a_full_disk_refuses_writes_cleanly_and_recovers_once_space_is_freed() {
     let (live_id, live, revoked) = populate(&gw);
     let before = version(&gw);
 
-    // Fill the filesystem to the last byte.
-    let filler = mount.dir.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let filler = fill(&mount.dir);
     let used_before = requests_of(&gw, &live_id);
     let message =
         assert_refused_cleanly(&s, &gw, "full", &live, &revoked, &["is full", "free space"]);
@@ -449,14 +470,7 @@ fn a_store_file_removed_on_a_full_disk_is_refused_until_space_is_freed_then_writ
     let mut gw = s.start();
     let (_, live, revoked) = populate(&gw);
     let before = version(&gw);
-    let filler = mount.dir.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let filler = fill(&mount.dir);
 
     // Removed with no room for the copy: writes refused, saying so.
     std::fs::remove_file(&s.store).unwrap();
@@ -647,18 +661,7 @@ fn processes_sharing_a_removed_store_file_agree_on_the_copy_one_writes_back() {
     let _serial = serial();
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("keys.db");
-    let (sending, domains) = (
-        MockUpstream::spawn("sending").unwrap(),
-        MockUpstream::spawn("domains").unwrap(),
-    );
-    let spec = FleetSpec {
-        store: store.display().to_string(),
-        sending: sending.addr(),
-        domains: domains.addr(),
-        poll_interval_ms: 50,
-        max_staleness_ms: 500,
-        threads: 1,
-    };
+    let (spec, _mocks) = fleet_spec(&store);
     let logs = [work.path().join("a.log"), work.path().join("b.log")];
     let mut a = Instance::start_logged(&spec, work.path(), "a", Some(logs[0].clone()));
     let mut b = Instance::start_logged(&spec, work.path(), "b", Some(logs[1].clone()));
@@ -719,18 +722,7 @@ fn a_store_file_replaced_by_another_store_is_refused_and_the_gateway_fails_close
     let _serial = serial();
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("keys.db");
-    let (sending, domains) = (
-        MockUpstream::spawn("sending").unwrap(),
-        MockUpstream::spawn("domains").unwrap(),
-    );
-    let spec = FleetSpec {
-        store: store.display().to_string(),
-        sending: sending.addr(),
-        domains: domains.addr(),
-        poll_interval_ms: 50,
-        max_staleness_ms: 500,
-        threads: 1,
-    };
+    let (spec, _mocks) = fleet_spec(&store);
     let gw = Instance::start(&spec, work.path(), "gw");
     let (_, live, _) = populate(&gw);
     let before = version(&gw);
