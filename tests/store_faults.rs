@@ -267,8 +267,15 @@ fn keys(i: &Instance) -> serde_json::Value {
 }
 
 fn store_errors(i: &Instance, kind: &str) -> u64 {
+    metric(
+        i,
+        &format!("scopegate_store_errors_total{{kind=\"{kind}\"}}"),
+    )
+}
+
+fn metric(i: &Instance, series: &str) -> u64 {
     let metrics = Request::new("GET", "/metrics").send(i.admin).text();
-    let line = format!("scopegate_store_errors_total{{kind=\"{kind}\"}} ");
+    let line = format!("{series} ");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&line))
@@ -640,6 +647,8 @@ fn a_store_file_removed_under_the_gateway_is_written_back_and_used_without_a_res
     });
     eprintln!("removed store file: written back by the follower after {took:?}");
     assert_eq!(version(&gw), before + 2);
+    assert_eq!(metric(&gw, "scopegate_store_file_switches_total"), 2);
+    assert_eq!(store_errors(&gw, "deleted"), 0, "a write was refused");
 
     // SIGKILL: every change is in the file at the path.
     gw.restart();
@@ -687,6 +696,9 @@ fn processes_sharing_a_removed_store_file_agree_on_the_copy_one_writes_back() {
         la.contains("wrote the data it held") != lb.contains("wrote the data it held"),
         "exactly one process writes the data back:\n{la}\n{lb}"
     );
+    for i in [&a, &b] {
+        assert_eq!(metric(i, "scopegate_store_file_switches_total"), 1);
+    }
     assert!(store.exists());
     // Both follow the copy, both directions, no restart.
     let r = create_key(&b, "through-b");

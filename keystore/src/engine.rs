@@ -266,6 +266,9 @@ pub(crate) struct Freshness {
     pub(crate) reloads: AtomicU64,
     /// Wake-up connections reopened after a loss.
     pub(crate) reconnects: AtomicU64,
+    /// Times the store switched to the file now at its path (a removed
+    /// SQLite file written back, or another file that continues its log).
+    pub(crate) switches: AtomicU64,
 }
 
 impl Freshness {
@@ -276,6 +279,7 @@ impl Freshness {
             applied: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            switches: AtomicU64::new(0),
         }
     }
 
@@ -419,12 +423,13 @@ impl KeyStore {
     }
 
     /// (log entries applied from other writers, whole reloads, wake-up
-    /// reconnects) since start.
-    pub fn follow_counters(&self) -> (u64, u64, u64) {
+    /// reconnects, switches to the file now at the store's path) since start.
+    pub fn follow_counters(&self) -> (u64, u64, u64, u64) {
         (
             self.fresh.applied.load(Ordering::Relaxed),
             self.fresh.reloads.load(Ordering::Relaxed),
             self.fresh.reconnects.load(Ordering::Relaxed),
+            self.fresh.switches.load(Ordering::Relaxed),
         )
     }
 
@@ -442,7 +447,11 @@ impl KeyStore {
     /// What happened to the store that the operator must hear of though
     /// nothing failed (see [`Store::take_notices`]); each is returned once.
     pub fn store_notices(&self) -> Vec<String> {
-        lock(&self.writer).store.take_notices()
+        let notices = lock(&self.writer).store.take_notices();
+        self.fresh
+            .switches
+            .fetch_add(notices.len() as u64, Ordering::Relaxed);
+        notices
     }
 
     /// Opens a new wake-up source on the store for a follower.

@@ -349,8 +349,9 @@ pub trait Store: Send {
     /// binding, say), so this instance must neither apply them nor write.
     fn check_schema(&mut self) -> Result<(), StoreError>;
     /// What happened to the store that the operator must hear of though no
-    /// request failed (a removed SQLite file written back and switched to),
-    /// oldest first; each is returned once.
+    /// request failed, oldest first; each is returned once. Each is a switch
+    /// to the file now at the store's path (a removed SQLite file written
+    /// back, or another file whose log continues this one's).
     fn take_notices(&mut self) -> Vec<String> {
         Vec::new()
     }

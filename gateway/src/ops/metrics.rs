@@ -127,6 +127,7 @@ pub struct Metrics {
     store_changes_applied: IntCounter,
     store_reloads: IntCounter,
     store_reconnects: IntCounter,
+    store_file_switches: IntCounter,
     /// Requests refused 429 because their key was over its rate limit.
     pub rate_limited: IntCounter,
     /// Requests refused 429 because their address was blocked.
@@ -284,6 +285,11 @@ impl Metrics {
             "Times the follower's wake-up connection to the store was reopened after a loss.",
         )
         .expect("valid metric");
+        let store_file_switches = IntCounter::new(
+            "scopegate_store_file_switches_total",
+            "Times the SQLite store file was removed or replaced under this process and it switched to the file now at the path: the data it held written back there, or another file whose change log continues this one's (each also logged).",
+        )
+        .expect("valid metric");
         let rate_limited = IntCounter::new(
             "scopegate_rate_limited_total",
             "Requests refused 429 rate_limited because their key was over its rate limit (never forwarded).",
@@ -325,6 +331,7 @@ impl Metrics {
             Box::new(store_changes_applied.clone()),
             Box::new(store_reloads.clone()),
             Box::new(store_reconnects.clone()),
+            Box::new(store_file_switches.clone()),
             Box::new(requests.clone()),
             Box::new(invalid_keys.clone()),
             Box::new(key_check.clone()),
@@ -409,6 +416,7 @@ impl Metrics {
             store_changes_applied,
             store_reloads,
             store_reconnects,
+            store_file_switches,
             rate_limited,
             brute_force_refused,
             brute_force_blocks,
@@ -475,11 +483,12 @@ impl Metrics {
         self.orgs.set(snap.org_ids.len() as i64);
         drop(snap);
         self.store_staleness.set(keystore.staleness().as_secs_f64());
-        let (applied, reloads, reconnects) = keystore.follow_counters();
+        let (applied, reloads, reconnects, switches) = keystore.follow_counters();
         for (counter, total) in [
             (&self.store_changes_applied, applied),
             (&self.store_reloads, reloads),
             (&self.store_reconnects, reconnects),
+            (&self.store_file_switches, switches),
         ] {
             // The key store counts; the exported counter catches up.
             counter.inc_by(total.saturating_sub(counter.get()));
