@@ -552,11 +552,14 @@ impl SqliteStore {
                 )),
             };
         }
-        let (version, copy) = self.restore(path).map_err(|e| {
-            format!(
+        let (version, copy) = match self.restore(path) {
+            Ok(r) => r,
+            // Another process on the same removed file wrote it back first.
+            Err(_) if matches!(stamp(path), Ok(Some(_))) => return self.adopt(path),
+            Err(e) => return Err(format!(
                 "the store file {p} was removed while this process had it open, and writing its data back failed ({e}); nothing was changed. Writes are refused, since they would go to the removed file and be lost at exit: put the file back or free space for the copy (it is retried on the next write, and by the follower every few seconds)"
-            )
-        })?;
+            )),
+        };
         self.restored = Some((version, copy));
         self.recover(path)?;
         self.notices.push(format!(
