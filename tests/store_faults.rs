@@ -778,3 +778,31 @@ fn a_store_file_replaced_by_another_store_is_refused_and_the_gateway_fails_close
     eprintln!("store file replaced by another store: failed closed after {took:?}");
     assert_eq!(Request::new("GET", "/readyz").send(gw.admin).status, 503);
 }
+
+#[test]
+fn a_store_a_newer_scopegate_migrated_refuses_admin_writes_with_store_upgraded() {
+    let _serial = serial();
+    let work = tempfile::tempdir().unwrap();
+    let s = Setup::new(work.path(), work.path().join("keys.db"));
+    let gw = s.start();
+    let (_, live, revoked) = populate(&gw);
+    let before = version(&gw);
+    // A newer scopegate migrates the file one step past this one.
+    let raw = rusqlite::Connection::open(&s.store).unwrap();
+    let known: i64 = raw
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    raw.pragma_update(None, "user_version", known + 1).unwrap();
+    drop(raw);
+
+    let r = create_key(&gw, "refused");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "store_upgraded", "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(r.text().contains("upgrade this instance"), "{}", r.text());
+    assert_eq!(version(&gw), before);
+    assert_eq!(store_errors(&gw, "upgraded"), 1);
+    // Nothing new to misread: what it holds is still enforced.
+    assert_eq!(through(&s, &gw, &live), (200, true));
+    assert_eq!(through(&s, &gw, &revoked).0, 401);
+}

@@ -48,7 +48,7 @@ pub struct Error {
     pub message: String,
     /// For an error of the store, which one, for metrics: `full`,
     /// `read_only`, `io`, `deleted` (faults of a SQLite file),
-    /// `unavailable`, `indeterminate`, `busy` or `error`.
+    /// `unavailable`, `indeterminate`, `busy`, `upgraded` or `error`.
     pub store: Option<&'static str>,
 }
 
@@ -79,6 +79,7 @@ impl From<StoreError> for Error {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Indeterminate(_) => "indeterminate",
             StoreError::Behind { .. } => "busy",
+            StoreError::NewerSchema { .. } => "upgraded",
             _ => "error",
         };
         let mut error = match e {
@@ -104,6 +105,9 @@ impl From<StoreError> for Error {
                     "{e}; other instances kept committing first, nothing was changed, try again"
                 ),
             ),
+            StoreError::NewerSchema { .. } => {
+                Error::new(ErrorKind::Unavailable, "store_upgraded", e.to_string())
+            }
             _ => Error::new(ErrorKind::Store, "store_error", e.to_string()),
         };
         error.store = Some(store);

@@ -1000,7 +1000,10 @@ impl Store for PostgresStore {
         let found = schema_version(&mut self.client);
         let found = found.map_err(|e| self.fail(e))?;
         if found > MIGRATIONS.len() {
-            return Err(crate::store::newer_schema(found, MIGRATIONS.len()));
+            return Err(StoreError::NewerSchema {
+                found,
+                known: MIGRATIONS.len(),
+            });
         }
         Ok(())
     }

@@ -1105,7 +1105,10 @@ impl Store for SqliteStore {
     fn check_schema(&mut self) -> Result<(), StoreError> {
         let found = self.schema_version()?;
         if found > MIGRATIONS.len() {
-            return Err(crate::store::newer_schema(found, MIGRATIONS.len()));
+            return Err(StoreError::NewerSchema {
+                found,
+                known: MIGRATIONS.len(),
+            });
         }
         Ok(())
     }

@@ -28,6 +28,16 @@ pub enum StoreError {
     /// The stored data is not what this version of scopegate understands.
     #[error("store is unusable: {0}")]
     Incompatible(String),
+    /// A newer scopegate migrated the store past what this one knows while
+    /// it was running: it must neither apply nor make changes (it would
+    /// misread what the newer version writes) until it is upgraded.
+    #[error("the store was migrated to schema version {found} by a newer scopegate; this one knows {known} and could misread what that version writes, so it neither applies nor makes changes (the proxy fails closed after fleet.max_staleness_ms): upgrade this instance")]
+    NewerSchema {
+        /// The store's schema version.
+        found: usize,
+        /// The newest this scopegate knows.
+        known: usize,
+    },
     /// The store was created with another pepper: every digest would miss.
     #[error("the pepper does not match the one this store was created with (fingerprint mismatch); refusing to open it, because every key would be refused")]
     WrongPepper,
@@ -265,13 +275,6 @@ pub struct Audit<'a> {
     pub at_ms: i64,
 }
 
-/// The error of a store migrated past what this scopegate knows.
-pub fn newer_schema(found: usize, known: usize) -> StoreError {
-    StoreError::Incompatible(format!(
-        "the store was migrated to schema version {found} by a newer scopegate; this one knows {known} and could misread what that version writes, so it neither applies nor makes changes (the proxy fails closed after fleet.max_staleness_ms): upgrade this instance"
-    ))
-}
-
 /// Payloads larger than this are not kept in the log (a bulk import of a
 /// million keys would be hundreds of megabytes): followers reload instead.
 pub const MAX_PAYLOAD_BYTES: usize = 4 << 20;
@@ -343,7 +346,7 @@ pub trait Store: Send {
     fn end_write(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Refuses ([`StoreError::Incompatible`]) a store whose schema a newer
+    /// Refuses ([`StoreError::NewerSchema`]) a store whose schema a newer
     /// scopegate has migrated past what this one knows since it was opened:
     /// its changes may carry what this version would drop (a key's server
     /// binding, say), so this instance must neither apply them nor write.

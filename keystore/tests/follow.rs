@@ -285,7 +285,11 @@ fn an_instance_neither_applies_nor_makes_changes_past_a_schema_it_does_not_know(
 
     let at = b.status().version;
     let e = b.follow().unwrap_err();
-    assert_eq!(e.store, Some("error"), "{e}");
+    assert_eq!(
+        (e.kind, e.code, e.store),
+        (ErrorKind::Unavailable, "store_upgraded", Some("upgraded")),
+        "{e}"
+    );
     assert!(e.message.contains("upgrade this instance"), "{e}");
     assert_eq!(b.status().version, at, "applied a change it may misread");
     assert!(!admits(&b, &second, "acme.example"));

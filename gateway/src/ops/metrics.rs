@@ -145,7 +145,7 @@ pub struct Metrics {
 
 /// The `kind` labels of `scopegate_store_errors_total`, all exported from
 /// the start (at zero) so an alert can watch each.
-pub const STORE_ERROR_KINDS: [&str; 8] = [
+pub const STORE_ERROR_KINDS: [&str; 9] = [
     "full",
     "read_only",
     "io",
@@ -153,6 +153,7 @@ pub const STORE_ERROR_KINDS: [&str; 8] = [
     "unavailable",
     "indeterminate",
     "busy",
+    "upgraded",
     "error",
 ];
 
@@ -244,7 +245,7 @@ impl Metrics {
         let store_errors = IntCounterVec::new(
             Opts::new(
                 "scopegate_store_errors_total",
-                "Admin changes the store failed to commit (nothing changed), by kind: full, read_only, io, deleted (faults of a SQLite file), unavailable, indeterminate, busy, error.",
+                "Admin changes the store failed to commit (nothing changed), by kind: full, read_only, io, deleted (faults of a SQLite file), unavailable, indeterminate, busy, upgraded (a newer scopegate migrated the store), error.",
             ),
             &["kind"],
         )
