@@ -633,10 +633,15 @@ impl KeyStore {
     ) -> Result<Applied<T>, Error> {
         let mut guard = lock(&self.writer);
         guard.store.begin_write()?;
-        let result = self.write_queued(&mut guard, actor, &mut plan, unchanged);
+        // A panic while queued (a bug in a plan, say) must not leave the
+        // store's write lock held: other processes would wait on it until
+        // this one's next write.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.write_queued(&mut guard, actor, &mut plan, unchanged)
+        }));
         // A failed unlock leaves the lock to the session's end; nothing to undo.
         let _ = guard.store.end_write();
-        result
+        result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     /// [`KeyStore::write`] once queued behind other instances' writers.

@@ -116,6 +116,11 @@ pub struct SqliteStore {
 /// anything else is a database error.
 fn db(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode as C;
+    if e.sqlite_error_code() == Some(C::DatabaseBusy) {
+        return StoreError::Unavailable(format!(
+            "{e}: another process held the store file's write lock past the busy timeout"
+        ));
+    }
     let fault = match e.sqlite_error_code() {
         Some(C::DiskFull) => Fault::Full,
         Some(C::ReadOnly) => Fault::ReadOnly,
@@ -175,10 +180,7 @@ fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
 /// pages, which are another file's, into this one. Kept as `-wal.removed`
 /// and `-shm.removed`.
 fn set_aside_foreign_wal(path: &Path) -> Result<(), StoreError> {
-    use std::io::Read;
-    let mut header = [0u8; 100];
-    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
-    if read.is_err() || &header[..16] != b"SQLite format 3\0" || header[18] != 1 {
+    if journal_mode_byte(path) != Some(1) {
         return Ok(());
     }
     for suffix in ["-wal", "-shm"] {
@@ -200,6 +202,17 @@ fn set_aside_foreign_wal(path: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Byte 18 of the SQLite file's header: 1 in rollback-journal mode (a
+/// `VACUUM INTO` copy), 2 in WAL mode; `None` if it is not a SQLite file.
+fn journal_mode_byte(path: &Path) -> Option<u8> {
+    use std::io::Read;
+    let mut header = [0u8; 100];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .ok()?;
+    (&header[..16] == b"SQLite format 3\0").then_some(header[18])
 }
 
 /// What the filesystem of the store file says about a failed write, by
@@ -482,6 +495,8 @@ impl SqliteStore {
         if now == Some(ident) {
             return Ok(());
         }
+        // Nothing planned under the old file's lock is committed yet.
+        self.release_write();
         let reason = match now {
             None => match self.recover(&path) {
                 Ok(()) => return Ok(()),
@@ -547,8 +562,18 @@ impl SqliteStore {
                         "the store file {p} was removed while this process had it open; nothing was changed. The process wrote the data it holds (version {version}) back to {p} but cannot open it ({e}): restart the gateway to use it, nothing is lost. Writes are refused until then, since they would go to the removed file and be lost at exit"
                     )
                 }),
-                _ => Err(format!(
-                    "the store file {p} was replaced by another file while this process had it open; nothing was changed. Writes are refused, since they would go to the old file: restart the gateway to use the file now at {p}"
+                // Opened (and so changed) by another process since, or
+                // removed again: take it from there.
+                Ok(now) => {
+                    self.restored = None;
+                    if now.is_some() {
+                        self.adopt(path)
+                    } else {
+                        self.recover(path)
+                    }
+                }
+                Err(e) => Err(format!(
+                    "the store file {p} was removed while this process had it open, and it cannot tell what is at the path now ({e}); nothing was changed"
                 )),
             };
         }
@@ -576,7 +601,7 @@ impl SqliteStore {
     fn adopt(&mut self, path: &Path) -> Result<(), String> {
         let p = path.display();
         let refused = format!(
-            "the store file {p} was replaced by another file while this process had it open, whose change log does not continue this one's; nothing was changed. Changes committed there never reach this process, so writes are refused and its snapshot is no longer confirmed (the proxy fails closed after fleet.max_staleness_ms): restart it to use the file now at {p}"
+            "the store file {p} was replaced by another file while this process had it open, whose change log does not continue this one's (an older backup, or another store); nothing was changed. Changes committed there never reach this process, so writes are refused and its snapshot is no longer confirmed (the proxy fails closed after fleet.max_staleness_ms). The data this process holds is only in the removed file it still has open: move the file at {p} away and this process writes its data back there at once; restarting instead uses the file now at {p} and discards what only this process holds"
         );
         let head = |conn: &Connection, at: Option<i64>| -> rusqlite::Result<Option<LogHead>> {
             conn.query_row(
@@ -590,7 +615,10 @@ impl SqliteStore {
         let ours = head(&self.conn, None).map_err(|e| format!("{refused} ({e})"))?;
         // A file moved onto the path while this one is in use has this
         // one's WAL beside it: SQLite would read it as that file's own.
+        // (A copy just written back is in rollback-journal mode: its
+        // removed file's WAL is moved aside below instead.)
         if self.wal_ident.is_some()
+            && journal_mode_byte(path) != Some(1)
             && identify(&beside(path, "-wal")).ok().flatten() == self.wal_ident
         {
             return Err(format!(
@@ -630,7 +658,10 @@ impl SqliteStore {
     /// file that has moved (`SQLITE_FCNTL_HAS_MOVED`), which the restart
     /// test in `tests/store_faults.rs` relies on.
     fn switch(&mut self, path: &Path, version: u64) -> Result<(), String> {
-        let mut next = Self::configure(Self::connect(path, true).map_err(|e| e.to_string())?)
+        // Never create: had the file gone again meanwhile, an empty store
+        // at the path would be what the next start opens.
+        set_aside_foreign_wal(path).map_err(|e| e.to_string())?;
+        let mut next = Self::configure(Self::connect(path, false).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
         next.migrate().map_err(|e| e.to_string())?;
         next.set_path(path).map_err(|e| e.to_string())?;
@@ -640,6 +671,8 @@ impl SqliteStore {
                 "it holds version {head}, behind the {version} this process had"
             ));
         }
+        // Whatever the old connection had open is rolled back as it closes.
+        self.release_write();
         std::mem::swap(&mut self.conn, &mut next.conn);
         self.ident = next.ident;
         self.wal_ident = next.wal_ident;
@@ -1413,6 +1446,11 @@ impl Store for SqliteStore {
         let Some(path) = self.path.clone() else {
             return StoreError::Faulted { fault, reason };
         };
+        if fault == Fault::Deleted {
+            // Told by `writable` itself (which wrote the data back if it
+            // could): nothing to add, and no second copy to try.
+            return StoreError::Faulted { fault, reason };
+        }
         // A removed file is the news, whatever SQLite said.
         if let Err(removed) = self.writable() {
             return removed;

@@ -478,11 +478,19 @@ struct FlakyStore {
     inner: SqliteStore,
     fail: Arc<AtomicBool>,
     commits: Arc<std::sync::atomic::AtomicUsize>,
+    /// Panic in the next commits instead (a bug while a write is queued).
+    panic: Arc<AtomicBool>,
 }
 
 impl Store for FlakyStore {
     fn kind(&self) -> &'static str {
         "flaky"
+    }
+    fn begin_write(&mut self) -> Result<(), StoreError> {
+        self.inner.begin_write()
+    }
+    fn end_write(&mut self) -> Result<(), StoreError> {
+        self.inner.end_write()
     }
     fn begin_read(&mut self) -> Result<(), StoreError> {
         self.inner.begin_read()
@@ -532,6 +540,9 @@ impl Store for FlakyStore {
     ) -> Result<u64, StoreError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Database("injected failure: disk full".into()));
+        }
+        if self.panic.load(Ordering::SeqCst) {
+            panic!("injected panic while a write holds the store");
         }
         self.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit(change, audit, expected)
@@ -589,6 +600,7 @@ fn a_failed_commit_leaves_the_snapshot_unchanged() {
         inner: SqliteStore::in_memory().unwrap(),
         fail: Arc::clone(&fail),
         commits: Arc::clone(&commits),
+        panic: Arc::default(),
     };
     let ks = KeyStore::open(Box::new(store), pepper()).expect("open");
     let names = ["a.example", "b.example", "c.example"];
@@ -1000,4 +1012,38 @@ fn stores_opened_at_once_migrate_the_file_once() {
             assert_eq!(v, Ok(first), "every opener sees the migrated schema");
         }
     }
+}
+
+#[test]
+fn a_panic_during_a_write_leaves_the_store_file_writable_by_other_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let panic = Arc::new(AtomicBool::new(false));
+    let store = FlakyStore {
+        inner: SqliteStore::open(&db).unwrap(),
+        fail: Arc::default(),
+        commits: Arc::default(),
+        panic: Arc::clone(&panic),
+    };
+    let ks = KeyStore::open(Box::new(store), pepper()).expect("open");
+    ks.put_org(ACTOR, "o", &domains(&["a.example"])).unwrap();
+    panic.store(true, Ordering::SeqCst);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ks.put_user(ACTOR, "o", "owner@o.test", user(Role::Owner, &[]))
+    }));
+    assert!(caught.is_err(), "the injected panic did not happen");
+    panic.store(false, Ordering::SeqCst);
+    // Another process writes at once: the panicking write held the file's
+    // write lock, and gave it back (it would wait out the busy timeout and
+    // fail, until this process wrote again).
+    let other = open(&db);
+    other
+        .put_user(ACTOR, "o", "owner@o.test", user(Role::Owner, &[]))
+        .expect("the store file is still locked by the write that panicked");
+    // Nothing of the panicking write was committed, and the instance goes on.
+    assert_eq!(other.status().version, 2);
+    let applied = ks
+        .put_user(ACTOR, "o", "admin@o.test", user(Role::Admin, &[]))
+        .unwrap();
+    assert_eq!(applied.version, 3);
 }
