@@ -777,6 +777,20 @@ fn a_store_file_replaced_by_another_store_is_refused_and_the_gateway_fails_close
     });
     eprintln!("store file replaced by another store: failed closed after {took:?}");
     assert_eq!(Request::new("GET", "/readyz").send(gw.admin).status, 503);
+
+    // As the refusal says: moving that file away gets the data this process
+    // holds written back, and it serves and takes writes again.
+    std::fs::rename(&store, work.path().join("moved-away.db")).unwrap();
+    let took = wait_for("the gateway serves again", || {
+        gw.send(Request::new("GET", &format!("/domains/{DOMAIN}")).bearer(&live))
+            .status
+            == 200
+    });
+    eprintln!("foreign store moved away: serving again after {took:?}");
+    assert_eq!(version(&gw), before);
+    ok(&create_key(&gw, "after-moving-it-away"));
+    assert_eq!(version(&gw), before + 1);
+    assert_eq!(Request::new("GET", "/readyz").send(gw.admin).status, 200);
 }
 
 #[test]
