@@ -1243,10 +1243,8 @@ impl Store for SqliteStore {
         audit: &Audit<'_>,
         expected: u64,
     ) -> Result<u64, StoreError> {
-        if self.writing && !self.same_file() {
-            // Diagnosed (and the data written back) outside the transaction.
-            self.release_write();
-        }
+        // (A moved file: `writable` gives the write lock back before it
+        // writes the data back or switches.)
         self.writable()?;
         // IMMEDIATE takes the file's write lock before reading the head of
         // the log, so no other process can commit between the check and
