@@ -16,8 +16,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use scopegate_gateway::mock::MockUpstream;
-use scopegate_suite::fleet::{FleetSpec, Instance};
+use scopegate_suite::fleet::{FleetSpec, Instance, Mocks};
 use scopegate_suite::http::{Request, Response};
 use scopegate_suite::pg;
 use serde_json::json;
@@ -28,29 +27,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-struct Mocks {
-    sending: MockUpstream,
-    domains: MockUpstream,
-}
-
-fn mocks() -> Mocks {
-    Mocks {
-        sending: MockUpstream::spawn("sending").expect("mock"),
-        domains: MockUpstream::spawn("domains").expect("mock"),
-    }
-}
-
-fn spec(store: String, m: &Mocks, poll: u64, stale: u64) -> FleetSpec {
-    FleetSpec {
-        store,
-        sending: m.sending.addr(),
-        domains: m.domains.addr(),
-        poll_interval_ms: poll,
-        max_staleness_ms: stale,
-        threads: 1,
-    }
 }
 
 const ORG: &str = "acme";
@@ -118,9 +94,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 fn three_instances_on_postgres_agree_and_revocations_propagate_within_100ms() {
     let _s = serial();
-    let m = mocks();
+    let m = Mocks::spawn();
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(pg::fresh_database_url(), &m, 500, 5000);
+    let spec = FleetSpec::new(pg::fresh_database_url(), &m, 500, 5000);
     let fleet: Vec<Instance> = (0..3)
         .map(|n| Instance::start(&spec, dir.path(), &format!("i{n}")))
         .collect();
@@ -196,10 +172,10 @@ fn three_instances_on_postgres_agree_and_revocations_propagate_within_100ms() {
 #[test]
 fn a_stopped_database_fails_closed_after_max_staleness_and_recovers_without_loss() {
     let _s = serial();
-    let m = mocks();
+    let m = Mocks::spawn();
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = pg::PgCluster::start();
-    let spec = spec(cluster.create_database(), &m, 100, 1500);
+    let spec = FleetSpec::new(cluster.create_database(), &m, 100, 1500);
     let a = Instance::start(&spec, dir.path(), "a");
     let b = Instance::start(&spec, dir.path(), "b");
     setup_org(&a);
@@ -278,9 +254,9 @@ fn a_stopped_database_fails_closed_after_max_staleness_and_recovers_without_loss
 #[test]
 fn an_instance_killed_and_restarted_serves_the_same_decisions() {
     let _s = serial();
-    let m = mocks();
+    let m = Mocks::spawn();
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(pg::fresh_database_url(), &m, 200, 5000);
+    let spec = FleetSpec::new(pg::fresh_database_url(), &m, 200, 5000);
     let mut a = Instance::start(&spec, dir.path(), "a");
     let b = Instance::start(&spec, dir.path(), "b");
     setup_org(&a);
@@ -307,11 +283,11 @@ fn an_instance_killed_and_restarted_serves_the_same_decisions() {
 #[test]
 fn two_processes_on_one_sqlite_file_follow_each_other_within_one_poll() {
     let _s = serial();
-    let m = mocks();
+    let m = Mocks::spawn();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keys.db");
     let poll = 500;
-    let spec = spec(db.display().to_string(), &m, poll, 5000);
+    let spec = FleetSpec::new(db.display().to_string(), &m, poll, 5000);
     let a = Instance::start(&spec, dir.path(), "a");
     let b = Instance::start(&spec, dir.path(), "b");
     setup_org(&a);

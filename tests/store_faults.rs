@@ -26,7 +26,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use scopegate_gateway::mock::MockUpstream;
-use scopegate_suite::fleet::{FleetSpec, Instance};
+use scopegate_suite::fleet::{FleetSpec, Instance, Mocks};
 use scopegate_suite::gateway::free_port;
 use scopegate_suite::http::{Request, Response};
 use serde_json::json;
@@ -349,22 +349,14 @@ fn assert_refused_cleanly(
     message
 }
 
-/// A fleet on the SQLite file `store` that follows fast (poll 50 ms) and
-/// fails closed soon (500 ms), and its mock upstreams (keep them).
-fn fleet_spec(store: &Path) -> (FleetSpec, [MockUpstream; 2]) {
-    let (sending, domains) = (
-        MockUpstream::spawn("sending").unwrap(),
-        MockUpstream::spawn("domains").unwrap(),
-    );
-    let spec = FleetSpec {
-        store: store.display().to_string(),
-        sending: sending.addr(),
-        domains: domains.addr(),
-        poll_interval_ms: 50,
-        max_staleness_ms: 500,
-        threads: 1,
-    };
-    (spec, [sending, domains])
+/// A 4 MiB tmpfs mounted at `work/mnt`, and a gateway set up with its store
+/// file there.
+fn on_small_tmpfs(work: &Path) -> (Mount, Setup) {
+    let mnt = work.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = Mount::tmpfs(&mnt, "4m").unwrap();
+    let s = Setup::new(work, mnt.join("keys.db"));
+    (mount, s)
 }
 
 /// Fills the filesystem of `dir` to the last byte with one file, returned.
@@ -400,10 +392,7 @@ fn first_success(what: &str, mut write: impl FnMut() -> Response) -> (Duration, 
 fn a_full_disk_refuses_writes_cleanly_and_recovers_once_space_is_freed() {
     need_mounts!();
     let work = tempfile::tempdir().unwrap();
-    let mnt = work.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mount = Mount::tmpfs(&mnt, "4m").unwrap();
-    let s = Setup::new(work.path(), mnt.join("keys.db"));
+    let (mount, s) = on_small_tmpfs(work.path());
     let mut gw = s.start();
     let (live_id, live, revoked) = populate(&gw);
     let before = version(&gw);
@@ -470,10 +459,7 @@ fn a_full_disk_refuses_writes_cleanly_and_recovers_once_space_is_freed() {
 fn a_store_file_removed_on_a_full_disk_is_refused_until_space_is_freed_then_written_back() {
     need_mounts!();
     let work = tempfile::tempdir().unwrap();
-    let mnt = work.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mount = Mount::tmpfs(&mnt, "4m").unwrap();
-    let s = Setup::new(work.path(), mnt.join("keys.db"));
+    let (mount, s) = on_small_tmpfs(work.path());
     let mut gw = s.start();
     let (_, live, revoked) = populate(&gw);
     let before = version(&gw);
@@ -670,7 +656,9 @@ fn processes_sharing_a_removed_store_file_agree_on_the_copy_one_writes_back() {
     let _serial = serial();
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("keys.db");
-    let (spec, _mocks) = fleet_spec(&store);
+    // Follows fast and fails closed soon.
+    let mocks = Mocks::spawn();
+    let spec = FleetSpec::new(store.display().to_string(), &mocks, 50, 500);
     let logs = [work.path().join("a.log"), work.path().join("b.log")];
     let mut a = Instance::start_logged(&spec, work.path(), "a", Some(logs[0].clone()));
     let mut b = Instance::start_logged(&spec, work.path(), "b", Some(logs[1].clone()));
@@ -734,7 +722,9 @@ fn a_store_file_replaced_by_another_store_is_refused_and_the_gateway_fails_close
     let _serial = serial();
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("keys.db");
-    let (spec, _mocks) = fleet_spec(&store);
+    // Follows fast and fails closed soon.
+    let mocks = Mocks::spawn();
+    let spec = FleetSpec::new(store.display().to_string(), &mocks, 50, 500);
     let gw = Instance::start(&spec, work.path(), "gw");
     let (_, live, _) = populate(&gw);
     let before = version(&gw);

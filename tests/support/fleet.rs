@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use scopegate_gateway::mock::MockUpstream;
+
 use crate::gateway::{free_port, ADMIN_TOKEN, PEPPER};
 use crate::http::{Request, Response};
 
@@ -46,6 +48,42 @@ impl FleetSpec {
     pub const DEFAULT_POLL_MS: u64 = 500;
     /// `[fleet] max_staleness_ms`'s default.
     pub const DEFAULT_STALENESS_MS: u64 = 5000;
+
+    /// A fleet of one-thread instances on `store` in front of `mocks`.
+    pub fn new(
+        store: impl Into<String>,
+        mocks: &Mocks,
+        poll_interval_ms: u64,
+        max_staleness_ms: u64,
+    ) -> FleetSpec {
+        FleetSpec {
+            store: store.into(),
+            sending: mocks.sending.addr(),
+            domains: mocks.domains.addr(),
+            poll_interval_ms,
+            max_staleness_ms,
+            threads: 1,
+        }
+    }
+}
+
+/// The mock sending and domain APIs a test fleet forwards to (kept running
+/// while the value lives).
+pub struct Mocks {
+    /// The mock sending API.
+    pub sending: MockUpstream,
+    /// The mock domain API.
+    pub domains: MockUpstream,
+}
+
+impl Mocks {
+    /// Starts both.
+    pub fn spawn() -> Mocks {
+        Mocks {
+            sending: MockUpstream::spawn("sending").expect("mock"),
+            domains: MockUpstream::spawn("domains").expect("mock"),
+        }
+    }
 }
 
 impl Instance {
